@@ -1,0 +1,23 @@
+"""jaxlstm: PyTorch's ``nn.LSTM``, ``nn.LSTMCell`` and BiLSTM in JAX/Flax — same arguments,
+same shapes, same numbers."""
+
+from jaxlstm import functional
+from jaxlstm.config import LSTMCellConfig, LSTMConfig
+from jaxlstm.nnx import LSTM, BiLSTM, LSTMCell
+from jaxlstm.porting import from_torch, infer_config, load_params, to_torch, to_torch_module
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM",
+    "BiLSTM",
+    "LSTMCell",
+    "LSTMConfig",
+    "LSTMCellConfig",
+    "from_torch",
+    "to_torch",
+    "to_torch_module",
+    "load_params",
+    "infer_config",
+    "functional",
+]

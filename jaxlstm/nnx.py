@@ -1,0 +1,222 @@
+"""Flax NNX modules: thin shells holding torch-named ``nnx.Param``s over :mod:`jaxlstm.functional`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlstm import functional
+from jaxlstm.config import LSTMCellConfig, LSTMConfig
+
+Array = jax.Array
+
+
+def _default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
+    return nnx.Rngs(0) if rngs is None else rngs
+
+
+class _TorchNamedParams(nnx.Module):
+    """Stores one ``nnx.Param`` per torch parameter name; ``params()`` gives the plain dict."""
+
+    config: LSTMConfig | LSTMCellConfig
+
+    def _set_params(self, params: dict[str, Array]) -> None:
+        for name, value in params.items():
+            setattr(self, name, nnx.Param(value))
+
+    def params(self) -> dict[str, Array]:
+        """The parameters as ``{torch name: array}`` (the torch ``state_dict`` layout)."""
+        return {name: getattr(self, name)[...] for name in self.config.param_shapes()}
+
+
+class LSTM(_TorchNamedParams):
+    r"""Multi-layer LSTM, argument-for-argument ``torch.nn.LSTM``.
+
+    For each element of the input sequence, each layer computes (gates in torch's order)::
+
+        i_t = sigmoid(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
+        f_t = sigmoid(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        o_t = sigmoid(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        h_t = o_t * tanh(c_t)                  (h_t <- W_hr h_t when proj_size > 0)
+
+    Layer ``k > 0`` reads the (dropout-masked in training) output of layer ``k - 1``.
+
+    **Arguments:**
+
+    - ``input_size``: features ``I`` of the input ``x``.
+    - ``hidden_size``: features ``H`` of the cell state (and of ``h`` without projection).
+    - ``num_layers``: stacked LSTM layers (default 1).
+    - ``bias``: if ``False``, no ``bias_ih``/``bias_hh`` parameters (default ``True``).
+    - ``batch_first``: input/output as ``(N, L, *)`` instead of ``(L, N, *)``; never applies to
+      ``h_n``/``c_n`` (default ``False``).
+    - ``dropout``: probability of zeroing each layer's output except the last, in training mode
+      only (default 0).
+    - ``bidirectional``: add a reverse direction, ``D = 2`` (default ``False``).
+    - ``proj_size``: if ``> 0``, project ``h`` to this size with ``weight_hr`` (default 0).
+    - ``rngs``: ``nnx.Rngs`` with a ``params`` stream for init (and ``dropout`` for dropout);
+      default ``nnx.Rngs(0)``.
+    - ``param_dtype``: dtype of the parameters (default float32).
+    - ``dtype``: compute dtype (default: promotion of input and parameters).
+    - ``precision``: matmul precision (default ``None``, JAX's default; ``"highest"`` for full
+      float32 on GPU/TPU).
+    - ``unroll``: ``lax.scan`` unroll factor of the recurrence (default 1).
+
+    **Call:** ``output, (h_n, c_n) = lstm(x, hx=None, *, seq_lengths=None)``
+
+    - ``x``: ``(L, N, I)`` (``(N, L, I)`` batch-first) or unbatched ``(L, I)``.
+    - ``hx``: ``(h_0, c_0)`` with ``h_0 (D*num_layers, N, H_out)`` and ``c_0 (D*num_layers, N,
+      H)``, ``H_out = proj_size or hidden_size``; unbatched: drop ``N``. Zeros when omitted.
+    - ``seq_lengths``: int ``(N,)``, each sequence's valid length (torch ``PackedSequence``
+      semantics; see :func:`jaxlstm.functional.lstm`).
+    - ``output``: ``(L, N, D*H_out)``; ``h_n``: ``(D*num_layers, N, H_out)``; ``c_n``:
+      ``(D*num_layers, N, H)``, indexed ``layer*D + direction``.
+
+    Parameters are attributes with torch's names and shapes: ``weight_ih_l{k}`` ``(4H, I)`` for
+    ``k = 0`` else ``(4H, D*H_out)``, ``weight_hh_l{k}`` ``(4H, H_out)``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}`` ``(4H,)``, ``weight_hr_l{k}`` ``(P, H)``, suffix ``_reverse`` for the reverse
+    direction; init ``U(-1/sqrt(H), 1/sqrt(H))`` like torch.
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxlstm
+        >>> lstm = jaxlstm.LSTM(10, 20, num_layers=2)
+        >>> out, (h_n, c_n) = lstm(jnp.ones((5, 3, 10)))
+        >>> out.shape, h_n.shape, c_n.shape
+        ((5, 3, 20), (2, 3, 20), (2, 3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        rngs: nnx.Rngs | None = None,
+        param_dtype: Any = jnp.float32,
+        dtype: Any = None,
+        precision: Any = None,
+        unroll: int = 1,
+    ):
+        self.config = LSTMConfig.create(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size,
+        )
+        rngs = _default_rngs(rngs)
+        self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
+        self.dtype = dtype
+        self.precision = precision
+        self.unroll = unroll
+        self.deterministic = False
+        self.dropout_rngs = rngs["dropout"].fork() if self.config.dropout > 0 else None
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by ``nnx.view``: ``deterministic=True`` disables dropout."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+    def __call__(
+        self,
+        x: Array,
+        hx: tuple[Array, Array] | None = None,
+        *,
+        seq_lengths: Array | None = None,
+        deterministic: bool | None = None,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        deterministic = self.deterministic if deterministic is None else deterministic
+        dropout_rng = None
+        if not deterministic and self.dropout_rngs is not None and self.config.num_layers > 1:
+            dropout_rng = self.dropout_rngs()
+        with jax.named_scope(type(self).__name__):
+            return functional.lstm(
+                self.params(), x, hx, config=self.config, seq_lengths=seq_lengths,
+                dropout_rng=dropout_rng, deterministic=deterministic,
+                precision=self.precision, dtype=self.dtype, unroll=self.unroll,
+            )
+
+
+class BiLSTM(LSTM):
+    """Bidirectional LSTM: ``LSTM(..., bidirectional=True)`` with the same arguments otherwise.
+
+    ``output[..., :H_out]`` is the forward direction, ``output[..., H_out:]`` the reverse one;
+    ``h_n[2k]`` / ``h_n[2k + 1]`` are layer ``k``'s forward / reverse final states.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        proj_size: int = 0,
+        *,
+        rngs: nnx.Rngs | None = None,
+        **kwargs: Any,
+    ):
+        if kwargs.pop("bidirectional", True) is not True:
+            raise ValueError("BiLSTM is always bidirectional; use jaxlstm.LSTM for one direction")
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, True, proj_size,
+            rngs=rngs, **kwargs,
+        )
+
+
+class LSTMCell(_TorchNamedParams):
+    """One LSTM step, argument-for-argument ``torch.nn.LSTMCell``.
+
+    **Arguments:**
+
+    - ``input_size``: features ``I`` of ``x``; ``hidden_size``: features ``H`` of ``h`` and ``c``.
+    - ``bias``: if ``False``, no ``bias_ih``/``bias_hh`` (default ``True``).
+    - ``rngs``: ``nnx.Rngs`` for init (default ``nnx.Rngs(0)``); ``param_dtype``, ``dtype``,
+      ``precision``: as in :class:`LSTM`.
+
+    **Call:** ``h_1, c_1 = cell(x, hx=None)`` with ``x`` ``(N, I)`` or ``(I,)``, ``hx = (h_0,
+    c_0)`` each ``(N, H)`` or ``(H,)`` (zeros when omitted); returns ``h_1, c_1`` of the same shape.
+
+    Parameters: ``weight_ih (4H, I)``, ``weight_hh (4H, H)``, ``bias_ih (4H,)``, ``bias_hh (4H,)``,
+    init ``U(-1/sqrt(H), 1/sqrt(H))``. Equations as in :class:`LSTM`, one step.
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxlstm
+        >>> cell = jaxlstm.LSTMCell(10, 20)
+        >>> h, c = cell(jnp.ones((3, 10)))
+        >>> h.shape, c.shape
+        ((3, 20), (3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        rngs: nnx.Rngs | None = None,
+        param_dtype: Any = jnp.float32,
+        dtype: Any = None,
+        precision: Any = None,
+    ):
+        self.config = LSTMCellConfig.create(input_size, hidden_size, bias)
+        rngs = _default_rngs(rngs)
+        self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
+        self.dtype = dtype
+        self.precision = precision
+
+    def __call__(self, x: Array, hx: tuple[Array, Array] | None = None) -> tuple[Array, Array]:
+        with jax.named_scope(type(self).__name__):
+            return functional.lstm_cell(
+                self.params(), x, hx, config=self.config, precision=self.precision,
+                dtype=self.dtype,
+            )

@@ -1,0 +1,101 @@
+"""The configurations the parity suite checks against torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One torch module + one input. ``batch=None`` means unbatched input.
+
+    ``packed``: the batch has per-sequence lengths (random, unsorted, including 1 and
+    ``seq_len``) and torch runs it through ``pack_padded_sequence``.
+    """
+
+    kind: str = "lstm"  # "lstm" or "cell"
+    input_size: int = 5
+    hidden_size: int = 8
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    bidirectional: bool = False
+    proj_size: int = 0
+    dropout: float = 0.0
+    seq_len: int = 7
+    batch: int | None = 4
+    with_hx: bool = True
+    packed: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.kind == "cell":
+            parts = [f"cell I{self.input_size} H{self.hidden_size}"]
+        else:
+            parts = [f"L{self.num_layers}", "bi" if self.bidirectional else "uni"]
+            if self.proj_size:
+                parts.append(f"P{self.proj_size}")
+            if self.batch_first:
+                parts.append("bf")
+            if self.dropout:
+                parts.append(f"drop{self.dropout}")
+            if self.packed:
+                parts.append("packed")
+            parts.append(f"T{self.seq_len}")
+        if not self.bias:
+            parts.append("nobias")
+        parts.append("unbatched" if self.batch is None else f"N{self.batch}")
+        if not self.with_hx:
+            parts.append("no-hx")
+        return " ".join(parts)
+
+
+def _lstm_cases(full: bool) -> list[Case]:
+    cases = []
+    lengths = [1, 7, 50, 200] if full else [1, 7, 30]
+    layer_counts = [1, 2, 3]
+    combos = list(itertools.product(layer_counts, [False, True], [0, 3], [True, False],
+                                    [False, True]))
+    if not full:
+        combos = combos[::3]
+    for index, (layers, bi, proj, bias, batch_first) in enumerate(combos):
+        cases.append(
+            Case(
+                num_layers=layers, bidirectional=bi, proj_size=proj, bias=bias,
+                batch_first=batch_first, seq_len=lengths[index % len(lengths)],
+                with_hx=index % 4 != 1, dropout=0.4 if layers > 1 and index % 5 == 0 else 0.0,
+            )
+        )
+    unbatched = [(1, False, 0), (2, True, 3), (3, True, 0)] if full else [(2, True, 3)]
+    for layers, bi, proj in unbatched:
+        for batch_first, with_hx in [(False, True), (True, False)]:
+            cases.append(Case(num_layers=layers, bidirectional=bi, proj_size=proj, batch=None,
+                              batch_first=batch_first, with_hx=with_hx))
+    packed = list(itertools.product([1, 2, 3], [False, True], [0, 3]))
+    if not full:
+        packed = packed[::3]
+    for index, (layers, bi, proj) in enumerate(packed):
+        cases.append(
+            Case(num_layers=layers, bidirectional=bi, proj_size=proj, packed=True,
+                 seq_len=[9, 30, 200][index % 3] if full else 9, batch=5,
+                 batch_first=index % 2 == 1, with_hx=index % 4 != 3,
+                 dropout=0.3 if layers > 1 else 0.0)
+        )
+    if full:
+        cases.append(Case(input_size=32, hidden_size=64, num_layers=2, bidirectional=True,
+                          seq_len=200, batch=16))
+    return cases
+
+
+def _cell_cases(full: bool) -> list[Case]:
+    combos = [(True, 4, True), (False, 4, True), (True, None, True), (True, 3, False)]
+    if full:
+        combos += [(False, None, False), (True, 1, True)]
+    return [Case(kind="cell", bias=bias, batch=batch, with_hx=with_hx)
+            for bias, batch, with_hx in combos]
+
+
+def grid(full: bool = False) -> list[Case]:
+    """The quick grid (CI) or the full grid."""
+    return _lstm_cases(full) + _cell_cases(full)

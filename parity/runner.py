@@ -1,0 +1,206 @@
+"""Run one parity case: the same weights and inputs through torch and jaxlstm, compare everything.
+
+The reference is always real ``torch`` computing the same thing: ``output``, ``h_n``, ``c_n`` and
+the gradients of one scalar loss with respect to every weight, the input and ``(h0, c0)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import jaxlstm
+from parity.grid import Case
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    dtype: str
+    torch_path: str  # "oneDNN" (torch's default CPU float32 path) or "native" (ATen)
+    errors: dict[str, float]  # tensor name -> max |jax - torch| / max |torch|
+
+    @property
+    def tolerance(self) -> float:
+        return TOLERANCE[self.dtype]
+
+    @property
+    def passed(self) -> bool:
+        return all(np.isfinite(e) and e <= self.tolerance for e in self.errors.values())
+
+    def to_json(self) -> dict:
+        return {
+            "case": self.case.name,
+            "config": dataclasses.asdict(self.case),
+            "dtype": self.dtype,
+            "torch_path": self.torch_path,
+            "tolerance": self.tolerance,
+            "errors": self.errors,
+            "passed": self.passed,
+        }
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.size == 0:
+        return 0.0
+    scale = np.max(np.abs(expected))
+    diff = np.max(np.abs(actual - expected))
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+@dataclasses.dataclass
+class Inputs:
+    x: np.ndarray
+    hx: tuple[np.ndarray, np.ndarray] | None
+    seq_lengths: np.ndarray | None
+    cotangents: dict[str, np.ndarray]  # the loss is sum(cotangent * tensor) over these
+
+
+def make_inputs(case: Case, dtype: str, seed: int) -> Inputs:
+    rng = np.random.default_rng(seed)
+    np_dtype = np.dtype(dtype)
+    batch_shape = () if case.batch is None else (case.batch,)
+    if case.kind == "cell":
+        x = rng.standard_normal(batch_shape + (case.input_size,))
+        state_shapes = [batch_shape + (case.hidden_size,)] * 2
+        out_shapes = {"h": state_shapes[0], "c": state_shapes[1]}
+        lengths = None
+    else:
+        time_batch = (case.seq_len,) + batch_shape
+        if case.batch_first and case.batch is not None:
+            time_batch = time_batch[::-1]
+        x = rng.standard_normal(time_batch + (case.input_size,))
+        layers = case.num_layers * (2 if case.bidirectional else 1)
+        out_size = case.proj_size or case.hidden_size
+        state_shapes = [(layers, *batch_shape, out_size), (layers, *batch_shape, case.hidden_size)]
+        out_shapes = {
+            "output": time_batch + ((2 if case.bidirectional else 1) * out_size,),
+            "h_n": state_shapes[0],
+            "c_n": state_shapes[1],
+        }
+        lengths = None
+        if case.packed:
+            lengths = rng.integers(1, case.seq_len + 1, size=case.batch)
+            lengths[:2] = [1, case.seq_len]
+            rng.shuffle(lengths)
+    hx = None
+    if case.with_hx:
+        hx = tuple(rng.standard_normal(s).astype(np_dtype) for s in state_shapes)
+    cotangents = {k: rng.standard_normal(s).astype(np_dtype) for k, s in out_shapes.items()}
+    return Inputs(x.astype(np_dtype), hx, lengths, cotangents)
+
+
+def torch_module(case: Case, dtype: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if case.kind == "cell":
+        module = torch.nn.LSTMCell(case.input_size, case.hidden_size, case.bias)
+    else:
+        module = torch.nn.LSTM(
+            case.input_size, case.hidden_size, case.num_layers, case.bias, case.batch_first,
+            case.dropout, case.bidirectional, case.proj_size,
+        )
+    return module.to(TORCH_DTYPE[dtype]).eval()
+
+
+def _padding_mask(case: Case, lengths: np.ndarray) -> np.ndarray:
+    """True at padded (time, batch) positions, in the input's layout."""
+    mask = np.arange(case.seq_len)[:, None] >= lengths[None, :]
+    return mask.T if case.batch_first else mask
+
+
+def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool) -> dict:
+    x = torch.tensor(inputs.x, requires_grad=True)
+    hx = None
+    if inputs.hx is not None:
+        hx = tuple(torch.tensor(a, requires_grad=True) for a in inputs.hx)
+    flags = torch.backends.mkldnn.flags(enabled=False) if native else contextlib.nullcontext()
+    with flags:
+        if case.kind == "cell":
+            h, c = module(x, hx)
+            outputs = {"h": h, "c": c}
+        elif case.packed:
+            packed = pack_padded_sequence(
+                x, torch.as_tensor(inputs.seq_lengths), batch_first=case.batch_first,
+                enforce_sorted=False,
+            )
+            out, (h_n, c_n) = module(packed, hx)
+            out, _ = pad_packed_sequence(out, batch_first=case.batch_first,
+                                         total_length=case.seq_len)
+            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
+        else:
+            out, (h_n, c_n) = module(x, hx)
+            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
+        loss = sum((torch.from_numpy(inputs.cotangents[k]) * v).sum() for k, v in outputs.items())
+        loss.backward()
+    values = {k: v.detach().numpy() for k, v in outputs.items()}
+    values["grad input"] = x.grad.numpy()
+    if hx is not None:
+        values["grad h0"], values["grad c0"] = hx[0].grad.numpy(), hx[1].grad.numpy()
+    for name, param in module.named_parameters():
+        values[f"grad {name}"] = param.grad.numpy()
+    return values
+
+
+def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
+    model = jaxlstm.from_torch(module)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x = inputs.x
+    if case.packed:
+        # Poison the padding: torch never sees it, so it must not change anything here either.
+        x = x.copy()
+        x[_padding_mask(case, inputs.seq_lengths)] = np.nan
+    hx = inputs.hx
+    seq_lengths = None if inputs.seq_lengths is None else jnp.asarray(inputs.seq_lengths)
+
+    @jax.jit
+    def loss_fn(params, x, hx):
+        model = nnx.merge(graphdef, params, rest)
+        if case.kind == "cell":
+            h, c = model(x, hx)
+            outputs = {"h": h, "c": c}
+        else:
+            out, (h_n, c_n) = model(x, hx, seq_lengths=seq_lengths)
+            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
+        loss = sum(jnp.sum(inputs.cotangents[k] * v) for k, v in outputs.items())
+        return loss, outputs
+
+    grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
+    (grad_params, grad_x, grad_hx), outputs = grad_fn(params, x, hx)
+    values = {k: np.asarray(v) for k, v in outputs.items()}
+    values["grad input"] = np.asarray(grad_x)
+    if hx is not None:
+        values["grad h0"], values["grad c0"] = np.asarray(grad_hx[0]), np.asarray(grad_hx[1])
+    for name, value in nnx.to_pure_dict(grad_params).items():
+        values[f"grad {name}"] = np.asarray(value)
+    return values
+
+
+def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
+    """Compare one case in one dtype; float32 against both torch CPU paths."""
+    module = torch_module(case, dtype, seed)
+    inputs = make_inputs(case, dtype, seed)
+    with jax.enable_x64(dtype == "float64"):
+        actual = run_jax(module, case, inputs)
+    paths = {"oneDNN": False, "native": True} if dtype == "float32" else {"native": True}
+    results = []
+    for path, native in paths.items():
+        expected = run_torch(module, case, inputs, native)
+        module.zero_grad(set_to_none=True)
+        missing = set(expected) ^ set(actual)
+        errors = {k: relative_error(actual[k], expected[k]) for k in expected if k in actual}
+        errors.update({f"{k} (missing)": float("inf") for k in missing})
+        results.append(Result(case, dtype, path, errors))
+    return results
