@@ -87,7 +87,9 @@ class LSTMConfig:
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
         if proj_size < 0:
-            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+            raise ValueError(
+                "proj_size should be a positive integer or zero to disable projections"
+            )
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
         return cls(
@@ -107,7 +109,7 @@ class LSTMConfig:
 
     @property
     def output_size(self) -> int:
-        """Size of ``h`` (and of each direction's slice of ``output``): ``proj_size or hidden_size``."""
+        """Size of ``h`` and of each direction's ``output`` slice: ``proj_size or hidden_size``."""
         return self.proj_size or self.hidden_size
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -221,7 +223,9 @@ def check_lstm_inputs(config: LSTMConfig, x: Any, hx: Any) -> tuple[Any, Any]:
         for index, state in enumerate((h0, c0)):
             got = _shape(state) if batched else (_shape(state)[0], 1, *_shape(state)[1:])
             if got != expected[index]:
-                raise RuntimeError(f"Expected hidden[{index}] size {expected[index]}, got {list(got)}")
+                raise RuntimeError(
+                    f"Expected hidden[{index}] size {expected[index]}, got {list(got)}"
+                )
     return h0, c0
 
 

@@ -175,7 +175,8 @@ def _lstm_time_major(
         c_n.append(c_last)
         last = layer == config.num_layers - 1
         if not last and not deterministic and config.dropout > 0:
-            layer_input = _dropout(layer_input, config.dropout, jax.random.fold_in(dropout_rng, layer))
+            key = jax.random.fold_in(dropout_rng, layer)
+            layer_input = _dropout(layer_input, config.dropout, key)
     output = layer_input
     if valid is not None and padding_value != 0:
         output = jnp.where(valid[:, :, None], output, jnp.asarray(padding_value, output.dtype))

@@ -1,4 +1,4 @@
-"""Flax NNX modules: thin shells holding torch-named ``nnx.Param``s over :mod:`jaxlstm.functional`."""
+"""Flax NNX modules: thin shells of torch-named ``nnx.Param``s over :mod:`jaxlstm.functional`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""torch <-> jaxlstm. The module parameters *are* torch's ``state_dict``: porting is a checked copy."""
+"""torch <-> jaxlstm. Module parameters *are* torch's ``state_dict``: porting is a checked copy."""
 
 from __future__ import annotations
 

@@ -1,1 +1,4 @@
-"""The parity suite: jaxlstm against real torch on a grid of configurations (``python -m parity``)."""
+"""The parity suite: jaxlstm against real torch over a grid of configurations.
+
+Run it with ``python -m parity``.
+"""

@@ -1,0 +1,24 @@
+"""The quick parity grid against real torch: values and gradients, float32 and float64."""
+
+import pytest
+
+from parity import grid, runner
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", grid.grid(full=False), ids=lambda c: c.name)
+def test_parity_quick_grid(case, dtype):
+    for result in runner.run_case(case, dtype, seed=1):
+        worst = max(result.errors, key=result.errors.get)
+        assert result.passed, (
+            f"{case.name} {dtype} vs torch {result.torch_path}: {worst} error "
+            f"{result.errors[worst]:.2e} > {result.tolerance:.0e}"
+        )
+
+
+def test_relative_error_detects_mismatch():
+    import numpy as np
+
+    assert runner.relative_error(np.ones(3), np.ones(3)) == 0.0
+    assert runner.relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.5])) == pytest.approx(0.2)
+    assert runner.relative_error(np.ones(3), np.ones(4)) == float("inf")
