@@ -41,16 +41,82 @@ Array = jax.Array
 State = tuple[Array, Array]
 
 
-def cell_update(gates: Array, c: Array) -> State:
-    """One LSTM state update from pre-activation ``gates`` (..., 4H) and cell state ``c`` (..., H).
+# sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so one tanh over all 4H pre-activations computes every
+# gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact, so the
+# fast path folds the scale into the weights once per call instead of once per step.
+_GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
 
-    Returns ``(h, c')`` before any projection. This is the only place the gate equations live.
+
+def gate_scale(hidden_size: int, dtype: Any) -> Array:
+    """Per-row factors (4H,) that turn torch's gate pre-activations into :func:`cell_activate`'s."""
+    return jnp.repeat(jnp.asarray(_GATE_SCALE, dtype), hidden_size)
+
+
+def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
+    """The LSTM state update from scaled pre-activations (..., 4H) and cell state ``c`` (..., H).
+
+    This is the only place the gate equations live. ``scaled_gates`` are torch's
+    ``x W_ih^T + b_ih + h W_hh^T + b_hh`` times :func:`gate_scale`. Returns ``(h, c', t)`` with
+    ``h`` before any projection and ``t = tanh(scaled_gates)`` (what the backward pass needs).
     """
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    return jax.nn.sigmoid(o) * jnp.tanh(c_new), c_new
+    t = jnp.tanh(scaled_gates)
+    t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
+    c_new = (0.5 * t_f + 0.5) * c + (0.5 * t_i + 0.5) * g
+    return (0.5 * t_o + 0.5) * jnp.tanh(c_new), c_new, t
 
 
+def cell_update(gates: Array, c: Array) -> State:
+    """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
+
+    Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
+    ``h = sigmoid(o) * tanh(c')``.
+    """
+    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    return h, c_new
+
+
+def _cell_activate_vjp(
+    t: Array, c_new: Array, c: Array, dh: Array, dc_new: Array
+) -> tuple[Array, Array]:
+    """Reverse of :func:`cell_activate`: cotangents of ``(scaled_gates, c)`` from those of
+    ``(h, c')``, using the saved ``t = tanh(scaled_gates)``."""
+    t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
+    tanh_c = jnp.tanh(c_new)
+    dc_total = dc_new + dh * (0.5 * t_o + 0.5) * (1.0 - tanh_c * tanh_c)
+    d_scaled = jnp.concatenate(
+        [
+            dc_total * g * 0.5 * (1.0 - t_i * t_i),
+            dc_total * c * 0.5 * (1.0 - t_f * t_f),
+            dc_total * (0.5 * t_i + 0.5) * (1.0 - g * g),
+            dh * tanh_c * 0.5 * (1.0 - t_o * t_o),
+        ],
+        axis=-1,
+    )
+    return d_scaled, dc_total * (0.5 * t_f + 0.5)
+
+
+def _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
+    """The recurrence of D directions in one scan; ``save`` also returns (t, c') for each step."""
+
+    def step(carry: State, inputs: tuple[Array, Array | None]):
+        h, c = carry
+        gx, v = inputs
+        gates = gx + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+        h_new, c_new, t = cell_activate(gates, c)
+        if w_hr_t is not None:
+            h_new = jnp.einsum("dnh,dhp->dnp", h_new, w_hr_t, precision=precision)
+        saved = (t, c_new) if save else ()
+        if v is None:
+            return (h_new, c_new), (h_new, saved)
+        keep = v[None, :, None]
+        y = jnp.where(keep, h_new, jnp.zeros_like(h_new))
+        return (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), (y, saved)
+
+    (h_t, c_t), (ys, saved) = jax.lax.scan(step, (h0, c0), (gates_x, valid), unroll=unroll)
+    return ys, (h_t, c_t), saved
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _recurrence(
     gates_x: Array,
     h0: Array,
@@ -63,31 +129,183 @@ def _recurrence(
 ) -> tuple[Array, State]:
     """Run D independent directions through time in one scan.
 
-    Arguments:
-        gates_x: (T, D, N, 4H) input projections (bias included), already in each direction's
-            reading order.
-        h0: (D, N, H_out), c0: (D, N, H) initial states.
-        w_hh_t: (D, H_out, 4H) recurrent weights, transposed. w_hr_t: (D, H, P) or None.
-        valid: (T, N) bool, True where step t is inside sequence n, or None (all valid).
+    **Arguments:**
 
-    Returns ``(ys, (h_T, c_T))`` with ``ys`` (T, D, N, H_out), zero at invalid steps.
+    - ``gates_x``: (T, D, N, 4H) scaled input projections (bias included), already in each
+      direction's reading order.
+    - ``h0``: (D, N, H_out), ``c0``: (D, N, H) initial states.
+    - ``w_hh_t``: (D, H_out, 4H) scaled recurrent weights, transposed; ``w_hr_t``: (D, H, P) or
+      ``None``.
+    - ``valid``: (T, N) bool, True where step t lies inside sequence n (a prefix of each
+      column), or ``None`` (all valid).
+
+    **Returns:** ``(ys, (h_T, c_T))`` with ``ys`` (T, D, N, H_out), zero at invalid steps.
+
+    The backward pass is hand-scheduled: its scan carries only ``(dh, dc)`` and does one small
+    GEMM per step; the weight gradients are single large GEMMs over all steps after the loop.
     """
+    ys, carry, _ = _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False)
+    return ys, carry
 
-    def step(carry: State, inputs: tuple[Array, Array | None]) -> tuple[State, Array]:
-        h, c = carry
-        gx, v = inputs
-        gates = gx + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
-        h_new, c_new = cell_update(gates, c)
-        if w_hr_t is not None:
-            h_new = jnp.einsum("dnh,dhp->dnp", h_new, w_hr_t, precision=precision)
+
+def _recurrence_fwd(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll):
+    ys, carry, (t, c_new) = _forward_scan(
+        gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, True
+    )
+    return (ys, carry), (t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid)
+
+
+def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last,
+                   precision, unroll):
+    """Reverse scan carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
+
+    Returns ``(d_gates (T, D, N, 4H), dh_cand (T, D, N, P) or (), d_h0, d_c0)``; ``dh_cand``
+    (the cotangent of each projected output) is kept only with a projection.
+    """
+    # Valid steps form a prefix of each sequence, so the state entering a valid step t is the
+    # candidate of step t - 1 (or the initial state): no carries need saving.
+    c_prev = jnp.concatenate([c0[None], c_new[:-1]])
+
+    def step(carry: State, inputs):
+        dh, dc = carry
+        dy, t_s, c_s, c_p, v = inputs
         if v is None:
-            return (h_new, c_new), h_new
-        keep = v[None, :, None]
-        y = jnp.where(keep, h_new, jnp.zeros_like(h_new))
-        return (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), y
+            dh_cand, dc_cand = dh + dy, dc
+        else:
+            keep = v[None, :, None]
+            dh_cand = jnp.where(keep, dh + dy, jnp.zeros_like(dh))
+            dc_cand = jnp.where(keep, dc, jnp.zeros_like(dc))
+        dr = dh_cand
+        if w_hr_t is not None:
+            dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
+        d_gates, dc_prev = _cell_activate_vjp(t_s, c_s, c_p, dr, dc_cand)
+        dh_prev = jnp.einsum("dng,dpg->dnp", d_gates, w_hh_t, precision=precision)
+        if v is not None:
+            dh_prev = dh_prev + jnp.where(keep, jnp.zeros_like(dh), dh)
+            dc_prev = dc_prev + jnp.where(keep, jnp.zeros_like(dc), dc)
+        return (dh_prev, dc_prev), (d_gates, dh_cand if w_hr_t is not None else ())
 
-    (h_t, c_t), ys = jax.lax.scan(step, (h0, c0), (gates_x, valid), unroll=unroll)
-    return ys, (h_t, c_t)
+    (d_h0, d_c0), (d_gates, dh_cand) = jax.lax.scan(
+        step, (d_h_last, d_c_last), (d_ys, t, c_new, c_prev, valid), reverse=True, unroll=unroll
+    )
+    return d_gates, dh_cand, d_h0, d_c0
+
+
+def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, precision):
+    """``W_hh`` (and ``W_hr``) gradients as one GEMM each over all steps and sequences."""
+    h_prev = jnp.concatenate([h0[None], ys[:-1]])
+    d_w_hh_t = jnp.einsum("tdnp,tdng->dpg", h_prev, d_gates, precision=precision)
+    if w_hr_t is None:
+        return d_w_hh_t, None
+    t_o = jnp.split(t, 4, axis=-1)[3]
+    r = (0.5 * t_o + 0.5) * jnp.tanh(c_new)
+    return d_w_hh_t, jnp.einsum("tdnh,tdnp->dhp", r, dh_cand, precision=precision)
+
+
+def _recurrence_bwd(precision, unroll, residuals, cotangents):
+    t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid = residuals
+    d_ys, (d_h_last, d_c_last) = cotangents
+    d_gates, dh_cand, d_h0, d_c0 = _backward_scan(
+        t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last, precision, unroll
+    )
+    d_w_hh_t, d_w_hr_t = _recurrent_weight_grads(
+        t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, precision
+    )
+    return d_gates, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _project(readings: Array, w_ih: Array, bias: Array | None, precision: Any) -> Array:
+    """All steps' scaled input projections in one GEMM: (D, T, N, I) -> (T, D, N, 4H)."""
+    gates_x = jnp.einsum("dtni,dgi->tdng", readings, w_ih, precision=precision)
+    return gates_x if bias is None else gates_x + bias[None, :, None, :]
+
+
+def _chunked(readings, valid, chunk):
+    """Pad time to a multiple of ``chunk`` (padding is invalid) and split it into chunks."""
+    steps, batch = readings.shape[1], readings.shape[2]
+    chunks = -(-steps // chunk)
+    pad = chunks * chunk - steps
+    if pad and valid is None:
+        valid = jnp.ones((steps, batch), bool)
+    readings = jnp.pad(readings, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    readings = jnp.moveaxis(readings.reshape(readings.shape[0], chunks, chunk, *readings.shape[2:]),
+                            1, 0)
+    if valid is not None:
+        valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
+    return readings, valid, pad
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def _remat_layer(readings, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
+    """Projection + recurrence of one layer keeping only chunk-boundary states for the backward
+    pass, which recomputes each chunk's forward: activation memory ~ (T / chunk + chunk) steps.
+
+    Arguments as :func:`_recurrence`, with ``readings`` (D, T, N, I) the unprojected inputs.
+    """
+    gates_x = _project(readings, w_ih, bias, precision)
+    ys, carry, _ = _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False)
+    return ys, carry
+
+
+def _remat_layer_fwd(readings, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll,
+                     chunk):
+    steps = readings.shape[1]
+    chunks, valid_chunks, _ = _chunked(readings, valid, chunk)
+
+    def run_chunk(carry, inputs):
+        part, v = inputs
+        gates_x = _project(part, w_ih, bias, precision)
+        ys, new_carry, _ = _forward_scan(gates_x, *carry, w_hh_t, w_hr_t, v, precision, unroll,
+                                         False)
+        return new_carry, (ys, carry)
+
+    carry, (ys, starts) = jax.lax.scan(run_chunk, (h0, c0), (chunks, valid_chunks))
+    ys = ys.reshape(-1, *ys.shape[2:])[:steps]
+    return (ys, carry), (readings, w_ih, bias, starts, w_hh_t, w_hr_t, valid)
+
+
+def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
+    readings, w_ih, bias, starts, w_hh_t, w_hr_t, valid = residuals
+    d_ys, (d_h_last, d_c_last) = cotangents
+    chunks, valid_chunks, pad = _chunked(readings, valid, chunk)
+    d_ys = jnp.pad(d_ys, [(0, pad)] + [(0, 0)] * 3)
+    d_ys = d_ys.reshape(-1, chunk, *d_ys.shape[1:])
+
+    def run_chunk(carry, inputs):
+        (dh, dc), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t) = carry
+        part, v, dy, (h_s, c_s) = inputs
+        gates_x = _project(part, w_ih, bias, precision)
+        ys, _, (t, c_new) = _forward_scan(gates_x, h_s, c_s, w_hh_t, w_hr_t, v, precision,
+                                          unroll, True)
+        d_gates, dh_cand, dh, dc = _backward_scan(
+            t, c_new, c_s, w_hh_t, w_hr_t, v, dy, dh, dc, precision, unroll
+        )
+        hh, hr = _recurrent_weight_grads(t, c_new, ys, h_s, d_gates, dh_cand, w_hr_t, precision)
+        d_w_hh_t = d_w_hh_t + hh
+        if w_hr_t is not None:
+            d_w_hr_t = d_w_hr_t + hr
+        d_w_ih = d_w_ih + jnp.einsum("tdng,dtni->dgi", d_gates, part, precision=precision)
+        if bias is not None:
+            d_bias = d_bias + jnp.sum(d_gates, axis=(0, 2))
+        d_part = jnp.einsum("tdng,dgi->dtni", d_gates, w_ih, precision=precision)
+        return ((dh, dc), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t)), d_part
+
+    zeros = (jnp.zeros_like(w_ih), None if bias is None else jnp.zeros_like(bias),
+             jnp.zeros_like(w_hh_t), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
+    ((d_h0, d_c0), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t)), d_chunks = jax.lax.scan(
+        run_chunk, ((d_h_last, d_c_last), zeros), (chunks, valid_chunks, d_ys, starts),
+        reverse=True,
+    )
+    d_readings = jnp.moveaxis(d_chunks, 0, 1)
+    d_readings = d_readings.reshape(d_readings.shape[0], -1, *d_readings.shape[3:])
+    d_readings = d_readings[:, : readings.shape[1]]
+    return d_readings, d_w_ih, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+
+
+_remat_layer.defvjp(_remat_layer_fwd, _remat_layer_bwd)
 
 
 def reverse_in_time(x: Array, seq_lengths: Array | None) -> Array:
@@ -111,13 +329,15 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
 
 
 def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, dtype: Any):
-    """Stack one layer's weights over directions, arranged once for the scan."""
+    """Stack one layer's weights over directions, scaled and arranged once for the scan."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
-    w_ih = jnp.stack([params[f"weight_ih{s}"] for s in sfx]).astype(dtype)
-    w_hh_t = jnp.stack([params[f"weight_hh{s}"].T for s in sfx]).astype(dtype)
+    scale = gate_scale(config.hidden_size, dtype)
+    w_ih = jnp.stack([params[f"weight_ih{s}"] for s in sfx]).astype(dtype) * scale[:, None]
+    w_hh_t = jnp.stack([params[f"weight_hh{s}"].T for s in sfx]).astype(dtype) * scale
     bias = None
     if config.bias:
-        bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx]).astype(dtype)
+        bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx])
+        bias = bias.astype(dtype) * scale
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
@@ -126,7 +346,9 @@ def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, 
 
 @partial(
     jax.jit,
-    static_argnames=("config", "deterministic", "precision", "dtype", "unroll", "padding_value"),
+    static_argnames=(
+        "config", "deterministic", "precision", "dtype", "unroll", "padding_value", "remat"
+    ),
 )
 def _lstm_time_major(
     params: Mapping[str, Array],
@@ -142,6 +364,7 @@ def _lstm_time_major(
     dtype: Any,
     unroll: int,
     padding_value: float,
+    remat: int,
 ) -> tuple[Array, State]:
     num_steps = x.shape[0]
     directions = config.num_directions
@@ -161,12 +384,17 @@ def _lstm_time_major(
         readings = [layer_input]
         if directions == 2:
             readings.append(reverse_in_time(layer_input, seq_lengths))
-        gates_x = jnp.einsum("dtni,dgi->tdng", jnp.stack(readings), w_ih, precision=precision)
-        if bias is not None:
-            gates_x = gates_x + bias[None, :, None, :]
-        ys, (h_last, c_last) = _recurrence(
-            gates_x, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
-        )
+        readings = jnp.stack(readings)
+        if remat:
+            ys, (h_last, c_last) = _remat_layer(
+                readings, w_ih, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision,
+                unroll, remat,
+            )
+        else:
+            gates_x = _project(readings, w_ih, bias, precision)
+            ys, (h_last, c_last) = _recurrence(
+                gates_x, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
+            )
         outputs = [ys[:, 0]]
         if directions == 2:
             outputs.append(reverse_in_time(ys[:, 1], seq_lengths))
@@ -183,6 +411,17 @@ def _lstm_time_major(
     h_n = jnp.concatenate(h_n, axis=0)
     c_n = jnp.concatenate(c_n, axis=0)
     return output, (h_n, c_n)
+
+
+def _remat_chunk(remat: bool | int, num_steps: int) -> int:
+    """The chunk length for ``remat`` (0: no rematerialisation)."""
+    if remat is True:
+        return max(1, round(num_steps**0.5))
+    if remat is False or remat is None:
+        return 0
+    if not isinstance(remat, int) or remat < 1:
+        raise ValueError(f"remat must be True, False or a positive chunk length, got {remat!r}")
+    return remat
 
 
 def compute_dtype(params: Mapping[str, Array], x: Array, dtype: Any) -> Any:
@@ -205,6 +444,7 @@ def lstm(
     dtype: Any = None,
     unroll: int = 1,
     padding_value: float = 0.0,
+    remat: bool | int = False,
 ) -> tuple[Array, State]:
     """Multi-layer (bi)directional LSTM over a whole sequence, as ``torch.nn.LSTM.forward``.
 
@@ -226,6 +466,9 @@ def lstm(
     - ``dtype``: compute dtype; default is the promotion of ``x`` and the parameters.
     - ``unroll``: ``lax.scan`` unroll factor of the recurrence.
     - ``padding_value``: value of ``output`` past each sequence's length.
+    - ``remat``: bound activation memory for long sequences: the backward pass keeps only the
+      states at chunk boundaries and recomputes each chunk's forward. ``True`` picks chunks of
+      ``~sqrt(L)`` steps, an int sets the chunk length; ``False`` (default) saves every step.
 
     **Returns:** ``(output, (h_n, c_n))``: ``output`` is ``(L, N, D*H_out)`` (batch-first or
     unbatched like ``x``), ``h_n`` is ``(D*num_layers, N, H_out)``, ``c_n`` is
@@ -258,6 +501,7 @@ def lstm(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
         config=config, deterministic=bool(deterministic), precision=precision,
         dtype=dtype, unroll=int(unroll), padding_value=float(padding_value),
+        remat=_remat_chunk(remat, x.shape[0]),
     )
     if config.batch_first:
         output = jnp.swapaxes(output, 0, 1)

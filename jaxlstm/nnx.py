@@ -65,6 +65,9 @@ class LSTM(_TorchNamedParams):
     - ``precision``: matmul precision (default ``None``, JAX's default; ``"highest"`` for full
       float32 on GPU/TPU).
     - ``unroll``: ``lax.scan`` unroll factor of the recurrence (default 1).
+    - ``remat``: bound activation memory for long sequences by recomputing the forward pass in
+      chunks during backward: ``True`` for ``~sqrt(L)``-step chunks, an int for the chunk length
+      (default ``False``: save every step, fastest).
 
     **Call:** ``output, (h_n, c_n) = lstm(x, hx=None, *, seq_lengths=None)``
 
@@ -106,6 +109,7 @@ class LSTM(_TorchNamedParams):
         dtype: Any = None,
         precision: Any = None,
         unroll: int = 1,
+        remat: bool | int = False,
     ):
         self.config = LSTMConfig.create(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -116,6 +120,7 @@ class LSTM(_TorchNamedParams):
         self.dtype = dtype
         self.precision = precision
         self.unroll = unroll
+        self.remat = remat
         self.deterministic = False
         self.dropout_rngs = rngs["dropout"].fork() if self.config.dropout > 0 else None
 
@@ -141,6 +146,7 @@ class LSTM(_TorchNamedParams):
                 self.params(), x, hx, config=self.config, seq_lengths=seq_lengths,
                 dropout_rng=dropout_rng, deterministic=deterministic,
                 precision=self.precision, dtype=self.dtype, unroll=self.unroll,
+                remat=self.remat,
             )
 
 

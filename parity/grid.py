@@ -27,6 +27,7 @@ class Case:
     batch: int | None = 4
     with_hx: bool = True
     packed: bool = False
+    remat: int = 0  # chunk length of the rematerialised backward pass (0: off)
 
     @property
     def name(self) -> str:
@@ -42,6 +43,8 @@ class Case:
                 parts.append(f"drop{self.dropout}")
             if self.packed:
                 parts.append("packed")
+            if self.remat:
+                parts.append(f"remat{self.remat}")
             parts.append(f"T{self.seq_len}")
         if not self.bias:
             parts.append("nobias")
@@ -82,7 +85,10 @@ def _lstm_cases(full: bool) -> list[Case]:
                  batch_first=index % 2 == 1, with_hx=index % 4 != 3,
                  dropout=0.3 if layers > 1 else 0.0)
         )
+    cases.append(Case(num_layers=2, bidirectional=True, proj_size=3, packed=True, seq_len=23,
+                      batch=5, remat=5))
     if full:
+        cases.append(Case(num_layers=1, seq_len=64, remat=8))
         cases.append(Case(input_size=32, hidden_size=64, num_layers=2, bidirectional=True,
                           seq_len=200, batch=16))
     return cases

@@ -155,7 +155,8 @@ def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool)
 
 
 def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
-    model = jaxlstm.from_torch(module)
+    options = {"remat": case.remat} if case.kind == "lstm" else {}
+    model = jaxlstm.from_torch(module, **options)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     x = inputs.x
     if case.packed:

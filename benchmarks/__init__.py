@@ -1,0 +1,1 @@
+"""Benchmarks: jaxlstm against torch and Flax (``python -m benchmarks``)."""

@@ -1,0 +1,164 @@
+"""``python -m benchmarks``: jaxlstm vs torch vs Flax, forward and forward+backward.
+
+Prints the machine and versions, a table of medians with ratios to torch measured in the same
+run, and writes JSON and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+
+import jax
+import numpy as np
+import torch
+
+from benchmarks import suite
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            cpu = f"{names[0]} x{len(names)}" if names else cpu
+    info = {
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax devices": ", ".join(d.device_kind for d in jax.devices()),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cudnn"] = str(torch.backends.cudnn.version())
+    return info
+
+
+def _tf32(enabled: bool):
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def candidates(shape: suite.Shape, gpu: bool) -> list[suite.Candidate]:
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
+                           bidirectional=shape.bidirectional)
+    device = jax.devices()[0]
+    precision = "highest" if gpu else None
+    found = [
+        suite.torch_candidate(module, shape, "cuda" if gpu else "cpu",
+                              name="torch cuDNN" if gpu else "torch"),
+        suite.jaxlstm_candidate(module, shape, device, precision=precision),
+        suite.jaxlstm_candidate(module, shape, device, name="jaxlstm random lengths",
+                                seq_lengths=suite.random_lengths(shape), precision=precision),
+        suite.flax_candidate(shape, device),
+    ]
+    if gpu:
+        tf32 = suite.torch_candidate(module, shape, "cuda", name="torch cuDNN TF32")
+        for attr in ("forward", "forward_backward"):
+            plain = getattr(tf32, attr)
+
+            def with_tf32(plain=plain):
+                _tf32(True)
+                try:
+                    return plain()
+                finally:
+                    _tf32(False)
+
+            setattr(tf32, attr, with_tf32)
+        found.append(tf32)
+    return found
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    for entry in results:
+        lines.append(f"\n{entry['shape']}")
+        head = (f"  {'implementation':<24} {'forward ms':>10} {'ratio':>6} {'fwd+bwd ms':>10} "
+                f"{'ratio':>6} {'compile s':>9} {'saved MB':>9}")
+        lines += [head, "  " + "-" * (len(head) - 2)]
+        for t in entry["timings"]:
+            saved = t["activation_bytes"]
+            lines.append(
+                f"  {t['implementation']:<24} {t['forward_s'] * 1e3:10.2f} "
+                f"{t['forward_ratio']:6.2f} {t['forward_backward_s'] * 1e3:10.2f} "
+                f"{t['forward_backward_ratio']:6.2f} {t['compile_s']:9.2f} "
+                f"{'-' if saved is None else f'{saved / 2**20:9.1f}':>9}"
+            )
+    return "\n".join(lines)
+
+
+def chart(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t["implementation"] for t in results[0]["timings"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.9 * len(results) * len(names) / 3))
+    for ax, kind in zip(axes, ("forward", "forward_backward")):
+        positions = np.arange(len(results))
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            ratios = [next(t for t in r["timings"] if t["implementation"] == name)[
+                f"{kind}_ratio"] for r in results]
+            ax.barh(positions + i * width, ratios, width, label=name)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(positions + 0.4 - width / 2, [r["shape"] for r in results])
+        ax.set_xlabel("time / torch time (lower is faster)")
+        ax.set_title(kind.replace("_", "+"))
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
+    parser.add_argument("--per-round", type=int, default=3, help="calls per round")
+    parser.add_argument("--shapes", choices=["auto", "cpu", "gpu"], default="auto",
+                        help="shape set (auto: gpu when a CUDA device is present)")
+    parser.add_argument("--quick", action="store_true", help="first shape only, 3 rounds")
+    parser.add_argument("--json", default="benchmarks/results.json", metavar="PATH")
+    parser.add_argument("--png", default="benchmarks/results.png", metavar="PATH")
+    args = parser.parse_args(argv)
+
+    gpu = args.shapes == "gpu" or (args.shapes == "auto" and torch.cuda.is_available())
+    if gpu:
+        _tf32(False)
+    shapes = suite.GPU_SHAPES if gpu else suite.CPU_SHAPES
+    rounds = args.rounds
+    if args.quick:
+        shapes, rounds = shapes[:1], 3
+    info = machine()
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    results = []
+    for shape in shapes:
+        timings = suite.time_candidates(candidates(shape, gpu), rounds, args.per_round)
+        anchor = timings[0]
+        rows = []
+        for t in timings:
+            row = vars(t).copy()
+            row["forward_ratio"] = t.forward_s / anchor.forward_s
+            row["forward_backward_ratio"] = t.forward_backward_s / anchor.forward_backward_s
+            rows.append(row)
+        results.append({"shape": shape.label, "config": vars(shape), "timings": rows})
+        print(table(results[-1:]), flush=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": info, "rounds": rounds, "per_round": args.per_round,
+                   "results": results}, f, indent=1)
+    chart(results, args.png)
+    print(f"\nwritten {args.json} and {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

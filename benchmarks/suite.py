@@ -1,0 +1,214 @@
+"""Time jaxlstm against torch ``nn.LSTM`` and Flax's built-in LSTM in one process.
+
+Every implementation runs the same shape with ``float32`` weights; forward is the output alone,
+forward+backward is the gradient of ``sum(output)`` with respect to every parameter and the
+input. Times are medians over interleaved rounds after warm-up, so that drift in the machine's
+load hits every implementation alike; ratios are to torch measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import jaxlstm
+from jaxlstm import functional
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    seq_len: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def label(self) -> str:
+        bi = "bi" if self.bidirectional else "uni"
+        return (f"T{self.seq_len} B{self.batch} I{self.input_size} H{self.hidden_size} "
+                f"L{self.num_layers} {bi}")
+
+
+CPU_SHAPES = [Shape(50, 16, 64, 128), Shape(100, 32, 256, 256, 2, True)]
+GPU_SHAPES = [
+    Shape(150, 16, 128, 128),
+    Shape(100, 64, 512, 512),
+    Shape(100, 64, 512, 512, 2, True),
+    Shape(25, 128, 1024, 1024),
+    Shape(1000, 32, 256, 256),
+]
+
+
+@dataclasses.dataclass
+class Timing:
+    implementation: str
+    forward_s: float | None = None
+    forward_backward_s: float | None = None
+    compile_s: float | None = None  # first call of forward+backward: trace + compile + run
+    activation_bytes: int | None = None  # tensors saved by the forward pass for the backward
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One implementation of one shape: zero-argument callables that block until done."""
+
+    name: str
+    forward: Callable[[], object]
+    forward_backward: Callable[[], object]
+    activation_bytes: Callable[[], int] | None = None
+
+
+def _inputs(shape: Shape, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((shape.seq_len, shape.batch, shape.input_size)).astype(np.float32)
+
+
+def random_lengths(shape: Shape, seed: int = 0) -> np.ndarray:
+    """Lengths uniform in [1, T] with the longest present, unsorted."""
+    rng = np.random.default_rng(seed + 1)
+    lengths = rng.integers(1, shape.seq_len + 1, size=shape.batch)
+    lengths[rng.integers(shape.batch)] = shape.seq_len
+    return lengths
+
+
+def _residual_bytes(fn: Callable, *args) -> int:
+    _, vjp = jax.vjp(fn, *args)
+    leaves = jax.tree.leaves(vjp)
+    seen, total = set(), 0
+    for leaf in leaves:
+        if hasattr(leaf, "nbytes") and id(leaf) not in seen:
+            seen.add(id(leaf))
+            total += leaf.nbytes
+    return total
+
+
+def jaxlstm_candidate(module: torch.nn.Module, shape: Shape, device, *, name: str = "jaxlstm",
+                      seq_lengths: np.ndarray | None = None, precision=None,
+                      **options) -> Candidate:
+    model = jaxlstm.from_torch(module, **options)
+    config = model.config
+    params = jax.device_put(model.params(), device)
+    x = jax.device_put(_inputs(shape), device)
+    lengths = None if seq_lengths is None else jax.device_put(jnp.asarray(seq_lengths), device)
+    unroll = model.unroll
+
+    def run(params, x):
+        out, _ = functional.lstm(params, x, config=config, seq_lengths=lengths,
+                                 precision=precision, unroll=unroll)
+        return out
+
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1)))
+    return Candidate(
+        name,
+        lambda: jax.block_until_ready(forward(params, x)),
+        lambda: jax.block_until_ready(grad(params, x)),
+        lambda: _residual_bytes(run, params, x),
+    )
+
+
+def flax_candidate(shape: Shape, device) -> Candidate:
+    """Flax's own ``OptimizedLSTMCell`` in ``nnx.RNN`` (``nnx.Bidirectional``), layers stacked."""
+    rngs = nnx.Rngs(0)
+    layers = []
+    width = shape.input_size
+    for _ in range(shape.num_layers):
+        def rnn(width=width):
+            cell = nnx.OptimizedLSTMCell(width, shape.hidden_size, rngs=rngs)
+            return nnx.RNN(cell, time_major=True)
+        layer = nnx.Bidirectional(rnn(), rnn(), time_major=True) if shape.bidirectional else rnn()
+        layers.append(layer)
+        width = shape.hidden_size * (2 if shape.bidirectional else 1)
+    graphdef, state, rest = nnx.split(nnx.List(layers), nnx.Param, ...)
+    state = jax.device_put(state, device)
+    x = jax.device_put(_inputs(shape), device)
+
+    zeros = jnp.zeros((shape.batch, shape.hidden_size), jnp.float32)
+    carry = ((zeros, zeros), (zeros, zeros)) if shape.bidirectional else (zeros, zeros)
+
+    def run(state, x):
+        for layer in nnx.merge(graphdef, state, rest):
+            x = layer(x, initial_carry=carry)
+        return x
+
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda s, x: jnp.sum(run(s, x)), argnums=(0, 1)))
+    return Candidate(
+        "flax OptimizedLSTMCell",
+        lambda: jax.block_until_ready(forward(state, x)),
+        lambda: jax.block_until_ready(grad(state, x)),
+        lambda: _residual_bytes(run, state, x),
+    )
+
+
+def _torch_saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def torch_candidate(module: torch.nn.Module, shape: Shape, device: str,
+                    name: str = "torch") -> Candidate:
+    module = module.to(device)
+    x = torch.from_numpy(_inputs(shape)).to(device)
+    x_grad = x.clone().requires_grad_(True)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def forward():
+        with torch.no_grad():
+            out = module(x)[0]
+        sync()
+        return out
+
+    def forward_backward():
+        module.zero_grad(set_to_none=True)
+        x_grad.grad = None
+        module(x_grad)[0].sum().backward()
+        sync()
+
+    return Candidate(name, forward, forward_backward,
+                     lambda: _torch_saved_bytes(lambda: module(x_grad)[0]))
+
+
+def time_candidates(candidates: list[Candidate], rounds: int, per_round: int,
+                    warmup: int = 2) -> list[Timing]:
+    """Medians over ``rounds`` interleaved rounds of ``per_round`` calls each."""
+    timings = {c.name: Timing(c.name) for c in candidates}
+    for c in candidates:
+        start = time.perf_counter()
+        c.forward_backward()
+        timings[c.name].compile_s = time.perf_counter() - start
+        for _ in range(warmup):
+            c.forward()
+            c.forward_backward()
+        if c.activation_bytes is not None:
+            timings[c.name].activation_bytes = int(c.activation_bytes())
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for c in candidates:
+            for kind, fn in (("forward", c.forward), ("forward_backward", c.forward_backward)):
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    fn()
+                samples.setdefault((c.name, kind), []).append(
+                    (time.perf_counter() - start) / per_round
+                )
+    for (name, kind), values in samples.items():
+        setattr(timings[name], f"{kind}_s", float(np.median(values)))
+    return list(timings.values())
