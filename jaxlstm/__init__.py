@@ -4,7 +4,15 @@ same shapes, same numbers."""
 from jaxlstm import functional
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
 from jaxlstm.nnx import LSTM, BiLSTM, LSTMCell
-from jaxlstm.porting import from_torch, infer_config, load_params, to_torch, to_torch_module
+from jaxlstm.porting import (
+    find_lstms,
+    from_checkpoint,
+    from_torch,
+    infer_config,
+    load_params,
+    to_torch,
+    to_torch_module,
+)
 
 __version__ = "0.1.0"
 
@@ -15,6 +23,8 @@ __all__ = [
     "LSTMConfig",
     "LSTMCellConfig",
     "from_torch",
+    "from_checkpoint",
+    "find_lstms",
     "to_torch",
     "to_torch_module",
     "load_params",

@@ -1,0 +1,137 @@
+"""Other libraries' LSTM weights <-> jaxlstm's torch-named parameters.
+
+Every format maps to and from the one internal representation, a ``{torch name: array}``
+dict (what :func:`jaxlstm.to_torch` returns and :func:`jaxlstm.from_torch` accepts):
+
+- :mod:`jaxlstm.formats.flax`: Flax Linen / NNX ``LSTMCell`` and ``OptimizedLSTMCell``.
+- :mod:`jaxlstm.formats.keras`: Keras 3 ``LSTM`` and ``Bidirectional(LSTM)``.
+- :mod:`jaxlstm.formats.jax_rnn`: ``jax.experimental.rnn`` flat weights (layers, directions).
+- :mod:`jaxlstm.formats.equinox`: Equinox ``LSTMCell``.
+
+Where a format cannot hold the weights (two biases, a projection, several layers in a
+single-cell format) the export raises instead of dropping anything. :func:`write` saves
+torch-named weights in any of these formats, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class OutputFormat(NamedTuple):
+    """A file format that :func:`write` produces."""
+
+    name: str
+    suffix: str
+    description: str
+    write: Callable[[Mapping[str, Any], Path, bool], None]
+    """``write(state_dict, path, merge_biases)`` creates ``path``."""
+
+
+def _safetensors(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+    from jaxlstm.files import safetensors_bytes
+
+    del merge_biases  # torch's own layout: both biases kept
+    path.write_bytes(safetensors_bytes(state_dict))
+
+
+def _flax(layout: str) -> Callable[[Mapping[str, Any], Path, bool], None]:
+    def write_flax(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+        from jaxlstm.formats.flax import write_msgpack
+
+        write_msgpack(state_dict, path, layout=layout, merge_biases=merge_biases)
+
+    return write_flax
+
+
+def _keras(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+    from jaxlstm.formats.keras import write_keras
+
+    write_keras(state_dict, path, merge_biases=merge_biases)
+
+
+def _equinox(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+    from jaxlstm.formats.equinox import write_equinox
+
+    write_equinox(state_dict, path, merge_biases=merge_biases)
+
+
+def _jax_rnn(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+    from jaxlstm.formats.jax_rnn import write_npz
+
+    del merge_biases  # two biases, like torch
+    write_npz(state_dict, path)
+
+
+OUTPUT_FORMATS: dict[str, OutputFormat] = {
+    f.name: f for f in (
+        OutputFormat("safetensors", ".safetensors", "torch names; loads into nn.LSTM/LSTMCell",
+                     _safetensors),
+        OutputFormat("flax", ".msgpack", "Flax Linen LSTMCell/OptimizedLSTMCell variables",
+                     _flax("linen")),
+        OutputFormat("flax-nnx", ".msgpack", "Flax NNX LSTMCell parameters (pure dict)",
+                     _flax("nnx")),
+        OutputFormat("flax-nnx-optimized", ".msgpack",
+                     "Flax NNX OptimizedLSTMCell parameters (pure dict)", _flax("nnx-optimized")),
+        OutputFormat("keras", ".keras", "Keras 3 model: Input, then LSTM or Bidirectional(LSTM)",
+                     _keras),
+        OutputFormat("equinox", ".eqx", "Equinox LSTMCell leaves (eqx.tree_serialise_leaves)",
+                     _equinox),
+        OutputFormat("jax-rnn", ".npz", "jax.experimental.rnn flat weights and sizes", _jax_rnn),
+    )
+}
+
+
+def format_for(path: str | os.PathLike[str], name: str | None = None) -> OutputFormat:
+    """The output format named ``name``, or the one ``path``'s suffix implies.
+
+    Raises ``ValueError`` for an unknown name, or a suffix that names no format or several.
+    """
+    choices = ", ".join(OUTPUT_FORMATS)
+    if name is not None:
+        if name not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {name!r}; choose one of: {choices}")
+        return OUTPUT_FORMATS[name]
+    suffix = Path(path).suffix
+    matches = [f for f in OUTPUT_FORMATS.values() if f.suffix == suffix]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        names = ", ".join(f.name for f in matches)
+        raise ValueError(f"{suffix!r} files can be several formats ({names}); choose one")
+    raise ValueError(
+        f"cannot tell the output format from {os.fspath(path)!r}; use a suffix such as "
+        f".safetensors, .keras, .eqx, .npz, or choose the format ({choices})"
+    )
+
+
+def write(
+    state_dict: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    fmt: str | OutputFormat | None = None,
+    *,
+    merge_biases: bool = False,
+    force: bool = False,
+) -> Path:
+    """Save torch-named weights as ``fmt`` (default: from ``path``'s suffix), atomically.
+
+    **Arguments:**
+
+    - ``state_dict``: ``{torch name: array}`` of one ``nn.LSTM`` or ``nn.LSTMCell``.
+    - ``path``: the output file; it is created through a temporary file and a rename, so a
+      failure leaves nothing behind.
+    - ``fmt``: a name from :data:`OUTPUT_FORMATS` or an :class:`OutputFormat`.
+    - ``merge_biases``: for one-bias formats, store ``bias_ih + bias_hh`` (see
+      :func:`jaxlstm.formats._common.one_bias`).
+    - ``force``: replace an existing file.
+    """
+    from jaxlstm.files import atomic_write
+
+    if not isinstance(fmt, OutputFormat):
+        fmt = format_for(path, fmt)
+    writer = fmt.write
+    return atomic_write(path, lambda temporary: writer(state_dict, temporary, merge_biases),
+                        force=force)
