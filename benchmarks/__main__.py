@@ -95,6 +95,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: list[dict], info: dict[str, str], command: str) -> str:
+    """The results as a Markdown table, with the machine and the command that produced them."""
+    lines = [f"Command: `{command}`", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items() if value]
+    lines += ["", "| shape | implementation | forward ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio "
+              "| first call s | saved for backward MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for entry in results:
+        for t in entry["timings"]:
+            saved = t["activation_bytes"]
+            lines.append(
+                f"| {entry['shape']} | {t['implementation']} | {t['forward_s'] * 1e3:.2f} | "
+                f"{t['forward_ratio']:.2f} | {t['forward_backward_s'] * 1e3:.2f} | "
+                f"{t['forward_backward_ratio']:.2f} | {t['compile_s']:.2f} | "
+                f"{'-' if saved is None else f'{saved / 2**20:.1f}'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def chart(results: list[dict], path: str) -> None:
     import matplotlib
 
@@ -128,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="first shape only, 3 rounds")
     parser.add_argument("--json", default="benchmarks/results.json", metavar="PATH")
     parser.add_argument("--png", default="benchmarks/results.png", metavar="PATH")
+    parser.add_argument("--markdown", default="benchmarks/results.md", metavar="PATH",
+                        help="the table as Markdown (for benchmarks/README.md)")
     args = parser.parse_args(argv)
 
     gpu = args.shapes == "gpu" or (args.shapes == "auto" and torch.cuda.is_available())
@@ -156,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"machine": info, "rounds": rounds, "per_round": args.per_round,
                    "results": results}, f, indent=1)
     chart(results, args.png)
-    print(f"\nwritten {args.json} and {args.png}")
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(args.markdown, "w") as f:
+        f.write(markdown(results, info, command.strip()))
+    print(f"\nwritten {args.json}, {args.png} and {args.markdown}")
     return 0
 
 
