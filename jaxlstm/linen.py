@@ -124,6 +124,7 @@ class _LSTMBase(_TorchNamedParams):
                 params, x, hx, config=config, seq_lengths=seq_lengths, dropout_rng=dropout_rng,
                 deterministic=bool(deterministic) if uses_dropout else True,
                 precision=self.precision, dtype=self.dtype, unroll=self.unroll,
+                remat=self.remat,
             )
 
 
@@ -141,6 +142,8 @@ class LSTM(_LSTMBase):
     - ``dtype``: compute dtype (default: promotion of input and parameters).
     - ``precision``: matmul precision (``"highest"`` for full float32 on GPU/TPU).
     - ``unroll``: ``lax.scan`` unroll factor of the recurrence (default 1).
+    - ``remat``: recompute the forward in chunks during backward to bound activation memory
+      (``True``: ``~sqrt(L)``-step chunks, or an int chunk length; default ``False``).
     - ``deterministic``: ``True`` disables dropout; may instead be passed at call time (the call
       argument wins). Needed only when ``dropout > 0`` and ``num_layers > 1``.
 
@@ -172,6 +175,7 @@ class LSTM(_LSTMBase):
     dtype: Any = None
     precision: Any = None
     unroll: int = 1
+    remat: bool | int = False
     deterministic: bool | None = None
 
 
@@ -193,6 +197,7 @@ class BiLSTM(_LSTMBase):
     dtype: Any = None
     precision: Any = None
     unroll: int = 1
+    remat: bool | int = False
     deterministic: bool | None = None
 
     @property
