@@ -1,0 +1,57 @@
+"""Property-based parity: random configurations against real torch, values and gradients.
+
+Every example builds a real ``torch.nn.LSTM`` / ``LSTMCell`` of a drawn configuration, runs it
+(float32 on torch's oneDNN and native CPU paths, float64 on the native path) and compares
+``output``, ``h_n``, ``c_n`` and the gradients with respect to every weight, the input and
+``(h0, c0)`` with jaxlstm on the same weights. CI runs a fixed seed;
+``HYPOTHESIS_PROFILE=long`` runs thousands of fresh examples (see ``parity/properties.py``).
+"""
+
+import warnings
+
+import pytest
+from hypothesis import event, given
+
+from parity import properties
+from parity.properties import PropertyCase
+
+# A counterexample becomes a fixed regression as an ``@example(case=PropertyCase(...),
+# dtype=..., seed=...)`` above ``@given``: hypothesis then runs it first on every run.
+
+
+def check(case: PropertyCase, dtype: str, seed: int) -> None:
+    # Shown by ``pytest --hypothesis-show-statistics``: what the run covered.
+    event(f"{case.kind} {dtype}")
+    if case.kind == "lstm":
+        event(f"{case.num_layers} layer(s), {'bi' if case.bidirectional else 'uni'}directional")
+        event("seq_lengths" if case.lengths else "full length")
+        event("unbatched" if case.batch is None else "batched")
+        event("remat" if case.remat else "no remat")
+    with warnings.catch_warnings():
+        # torch warns that proj_size is not supported by oneDNN and falls back; that is expected.
+        warnings.simplefilter("ignore", UserWarning)
+        results = properties.run_property_case(case, dtype, seed)
+    assert all(r.passed for r in results), properties.describe_failures(results)
+
+
+@properties.property_settings(ci_examples=200)
+@given(case=properties.lstm_cases(), dtype=properties.dtypes, seed=properties.seeds)
+def test_lstm_matches_torch_on_random_configurations(case, dtype, seed):
+    check(case, dtype, seed)
+
+
+@properties.property_settings(ci_examples=40)
+@given(case=properties.cell_cases(), dtype=properties.dtypes, seed=properties.seeds)
+def test_cell_matches_torch_on_random_configurations(case, dtype, seed):
+    check(case, dtype, seed)
+
+
+def test_property_profiles_select_the_example_count(monkeypatch):
+    monkeypatch.delenv("HYPOTHESIS_PROFILE", raising=False)
+    assert properties.property_settings(200).max_examples == 200
+    assert properties.property_settings(200).derandomize
+    monkeypatch.setenv("HYPOTHESIS_PROFILE", "long")
+    assert properties.property_settings(200).max_examples == properties.LONG_EXAMPLES
+    monkeypatch.setenv("HYPOTHESIS_PROFILE", "lnog")
+    with pytest.raises(ValueError, match="HYPOTHESIS_PROFILE must be 'ci' or 'long'"):
+        properties.property_settings(200)
