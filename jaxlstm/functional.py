@@ -65,14 +65,6 @@ def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
     return (0.5 * t_o + 0.5) * jnp.tanh(c_new), c_new, t
 
 
-def cell_update(gates: Array, c: Array) -> State:
-    """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
-
-    Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
-    ``h = sigmoid(o) * tanh(c')``.
-    """
-    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    return h, c_new
 
 
 def _cell_activate_vjp(
@@ -93,6 +85,32 @@ def _cell_activate_vjp(
         axis=-1,
     )
     return d_scaled, dc_total * (0.5 * t_f + 0.5)
+
+
+@jax.custom_vjp
+def cell_update(gates: Array, c: Array) -> State:
+    """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
+
+    Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
+    ``h = sigmoid(o) * tanh(c')``. Differentiated by the same code as the sequence path.
+    """
+    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    return h, c_new
+
+
+def _cell_update_fwd(gates: Array, c: Array):
+    scale = gate_scale(c.shape[-1], gates.dtype)
+    h, c_new, t = cell_activate(gates * scale, c)
+    return (h, c_new), (t, c_new, c, scale)
+
+
+def _cell_update_bwd(residuals, cotangents):
+    t, c_new, c, scale = residuals
+    d_scaled, d_c = _cell_activate_vjp(t, c_new, c, *cotangents)
+    return d_scaled * scale, d_c
+
+
+cell_update.defvjp(_cell_update_fwd, _cell_update_bwd)
 
 
 def _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
@@ -179,10 +197,14 @@ def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last
         if w_hr_t is not None:
             dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
         d_gates, dc_prev = _cell_activate_vjp(t_s, c_s, c_p, dr, dc_cand)
+        if v is not None:
+            # Select, never multiply by zero: a step past a sequence's end may hold an
+            # infinite state, and 0 * inf would turn torch's inf gradients into NaN.
+            d_gates = jnp.where(keep, d_gates, jnp.zeros_like(d_gates))
         dh_prev = jnp.einsum("dng,dpg->dnp", d_gates, w_hh_t, precision=precision)
         if v is not None:
-            dh_prev = dh_prev + jnp.where(keep, jnp.zeros_like(dh), dh)
-            dc_prev = dc_prev + jnp.where(keep, jnp.zeros_like(dc), dc)
+            dh_prev = jnp.where(keep, dh_prev, dh)
+            dc_prev = jnp.where(keep, dc_prev, dc)
         return (dh_prev, dc_prev), (d_gates, dh_cand if w_hr_t is not None else ())
 
     (d_h0, d_c0), (d_gates, dh_cand) = jax.lax.scan(
@@ -191,7 +213,7 @@ def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last
     return d_gates, dh_cand, d_h0, d_c0
 
 
-def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, precision):
+def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision):
     """``W_hh`` (and ``W_hr``) gradients as one GEMM each over all steps and sequences."""
     h_prev = jnp.concatenate([h0[None], ys[:-1]])
     d_w_hh_t = jnp.einsum("tdnp,tdng->dpg", h_prev, d_gates, precision=precision)
@@ -199,6 +221,8 @@ def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, precisio
         return d_w_hh_t, None
     t_o = jnp.split(t, 4, axis=-1)[3]
     r = (0.5 * t_o + 0.5) * jnp.tanh(c_new)
+    if valid is not None:
+        r = jnp.where(valid[:, None, :, None], r, jnp.zeros_like(r))
     return d_w_hh_t, jnp.einsum("tdnh,tdnp->dhp", r, dh_cand, precision=precision)
 
 
@@ -209,7 +233,7 @@ def _recurrence_bwd(precision, unroll, residuals, cotangents):
         t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last, precision, unroll
     )
     d_w_hh_t, d_w_hr_t = _recurrent_weight_grads(
-        t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, precision
+        t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision
     )
     return d_gates, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
 
@@ -283,7 +307,8 @@ def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
         d_gates, dh_cand, dh, dc = _backward_scan(
             t, c_new, c_s, w_hh_t, w_hr_t, v, dy, dh, dc, precision, unroll
         )
-        hh, hr = _recurrent_weight_grads(t, c_new, ys, h_s, d_gates, dh_cand, w_hr_t, precision)
+        hh, hr = _recurrent_weight_grads(t, c_new, ys, h_s, d_gates, dh_cand, w_hr_t, v,
+                                         precision)
         d_w_hh_t = d_w_hh_t + hh
         if w_hr_t is not None:
             d_w_hr_t = d_w_hr_t + hr
@@ -417,7 +442,7 @@ def _remat_chunk(remat: bool | int, num_steps: int) -> int:
     """The chunk length for ``remat`` (0: no rematerialisation)."""
     if remat is True:
         return max(1, round(num_steps**0.5))
-    if remat is False or remat is None:
+    if remat is False or remat is None or remat == 0:
         return 0
     if not isinstance(remat, int) or remat < 1:
         raise ValueError(f"remat must be True, False or a positive chunk length, got {remat!r}")
@@ -545,12 +570,16 @@ def lstm_cell(
     return cell_update(gates, c)
 
 
+@partial(jax.jit, static_argnames=("config", "dtype"))
 def init_params(key: Array, config: LSTMConfig | LSTMCellConfig, dtype: Any = jnp.float32):
     """torch's initialisation: every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
     bound = 1.0 / np.sqrt(config.hidden_size)
     shapes = config.param_shapes()
-    keys = jax.random.split(key, len(shapes))
+    sizes = [int(np.prod(shape)) for shape in shapes.values()]
+    # One draw for all parameters: a single random kernel compiles far faster than one each.
+    flat = jax.random.uniform(key, (sum(sizes),), dtype, minval=-bound, maxval=bound)
+    offsets = np.cumsum([0] + sizes)
     return {
-        name: jax.random.uniform(k, shape, dtype, minval=-bound, maxval=bound)
-        for k, (name, shape) in zip(keys, shapes.items())
+        name: flat[start:stop].reshape(shape)
+        for (name, shape), start, stop in zip(shapes.items(), offsets[:-1], offsets[1:])
     }

@@ -75,25 +75,12 @@ POISONS = {
     "nan in h0": [("h0", 0, 1, 0, np.nan)],
     "inf in c0": [("c0", -1, 2, 1, np.inf), ("c0", 0, 0, 0, -np.inf)],
 }
-PADDED_STATE_LEAK = pytest.mark.xfail(
-    strict=True,
-    reason="the recurrence's backward pass also runs padded steps (past a sequence's length, "
-    "or filling remat's last chunk) and masks their cotangents by multiplying with zero; an "
-    "infinite state there turns 0 * inf into NaN, where torch (which never runs them) keeps inf",
-)
-
-
-def has_padded_steps(case: PropertyCase) -> bool:
-    return case.packed or bool(case.remat and case.seq_len % case.remat)
 
 
 def nonfinite_params():
     for case in NONFINITE_CASES:
         for name in POISONS:
-            marks = []
-            if has_padded_steps(case) and name == "inf in c0":
-                marks.append(PADDED_STATE_LEAK)
-            yield pytest.param(case, name, marks=marks, id=f"{case.name}-{name}")
+            yield pytest.param(case, name, id=f"{case.name}-{name}")
 
 
 def poison(case: PropertyCase, inputs: runner.Inputs, name: str) -> None:
@@ -143,18 +130,11 @@ CELL_POISONS = {  # (tensor, batch index, feature, value)
     "-inf in h": ("h", 2, 0, -np.inf),
     "inf in c": ("c", 1, 2, np.inf),
 }
-CELL_TANH_GRADIENT = pytest.mark.xfail(
-    strict=True,
-    reason="lstm_cell is differentiated by JAX through the one-tanh gate formulation; JAX's "
-    "tanh derivative g*(1-y) + g*(1-y)*y turns the infinite cotangent that an infinite c "
-    "gives the forget gate into inf - inf = NaN, where torch's sigmoid backward keeps inf",
-)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[CELL_TANH_GRADIENT] if name == "inf in c" else [])
-    for name in CELL_POISONS
+    pytest.param(name) for name in CELL_POISONS
 ])
 def test_nan_and_inf_in_cell_inputs_propagate_like_torch(name, dtype):
     case = PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=3)
