@@ -114,29 +114,36 @@ cell_update.defvjp(_cell_update_fwd, _cell_update_bwd)
 
 
 def _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
-    """The recurrence of D directions in one scan; ``save`` also returns (t, c') for each step."""
+    """The recurrence of D directions in one scan; ``save`` also returns (t, c') for each step.
 
-    def step(carry: State, inputs: tuple[Array, Array | None]):
+    ``gates_x`` and the returned ``ys`` hold one contiguous (T, N, .) array per direction, so
+    the input projection and the output need no transposes; the directions are stacked only
+    inside the step, for one batched matmul.
+    """
+
+    def step(carry: State, inputs):
         h, c = carry
         gx, v = inputs
-        gates = gx + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+        gates = jnp.stack(gx) + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
         h_new, c_new, t = cell_activate(gates, c)
         if w_hr_t is not None:
             h_new = jnp.einsum("dnh,dhp->dnp", h_new, w_hr_t, precision=precision)
         saved = (t, c_new) if save else ()
         if v is None:
-            return (h_new, c_new), (h_new, saved)
-        keep = v[None, :, None]
-        y = jnp.where(keep, h_new, jnp.zeros_like(h_new))
-        return (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), (y, saved)
+            y, carry = h_new, (h_new, c_new)
+        else:
+            keep = v[None, :, None]
+            y = jnp.where(keep, h_new, jnp.zeros_like(h_new))
+            carry = (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c))
+        return carry, (tuple(y[d] for d in range(len(gx))), saved)
 
-    (h_t, c_t), (ys, saved) = jax.lax.scan(step, (h0, c0), (gates_x, valid), unroll=unroll)
+    (h_t, c_t), (ys, saved) = jax.lax.scan(step, (h0, c0), (tuple(gates_x), valid), unroll=unroll)
     return ys, (h_t, c_t), saved
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _recurrence(
-    gates_x: Array,
+    gates_x: tuple[Array, ...],
     h0: Array,
     c0: Array,
     w_hh_t: Array,
@@ -144,20 +151,21 @@ def _recurrence(
     valid: Array | None,
     precision: Any,
     unroll: int,
-) -> tuple[Array, State]:
+) -> tuple[tuple[Array, ...], State]:
     """Run D independent directions through time in one scan.
 
     **Arguments:**
 
-    - ``gates_x``: (T, D, N, 4H) scaled input projections (bias included), already in each
-      direction's reading order.
+    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections (bias
+      included), each already in its direction's reading order.
     - ``h0``: (D, N, H_out), ``c0``: (D, N, H) initial states.
     - ``w_hh_t``: (D, H_out, 4H) scaled recurrent weights, transposed; ``w_hr_t``: (D, H, P) or
       ``None``.
     - ``valid``: (T, N) bool, True where step t lies inside sequence n (a prefix of each
       column), or ``None`` (all valid).
 
-    **Returns:** ``(ys, (h_T, c_T))`` with ``ys`` (T, D, N, H_out), zero at invalid steps.
+    **Returns:** ``(ys, (h_T, c_T))``: ``ys`` one (T, N, H_out) array per direction, zero at
+    invalid steps.
 
     The backward pass is hand-scheduled: its scan carries only ``(dh, dc)`` and does one small
     GEMM per step; the weight gradients are single large GEMMs over all steps after the loop.
@@ -177,16 +185,19 @@ def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last
                    precision, unroll):
     """Reverse scan carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
 
-    Returns ``(d_gates (T, D, N, 4H), dh_cand (T, D, N, P) or (), d_h0, d_c0)``; ``dh_cand``
-    (the cotangent of each projected output) is kept only with a projection.
+    Returns ``(d_gates, dh_cand, d_h0, d_c0)``: ``d_gates`` one (T, N, 4H) array per direction;
+    ``dh_cand`` (the cotangent of each projected output, (T, N, P) per direction) only with a
+    projection, else ``()``.
     """
     # Valid steps form a prefix of each sequence, so the state entering a valid step t is the
     # candidate of step t - 1 (or the initial state): no carries need saving.
     c_prev = jnp.concatenate([c0[None], c_new[:-1]])
+    directions = len(d_ys)
 
     def step(carry: State, inputs):
         dh, dc = carry
         dy, t_s, c_s, c_p, v = inputs
+        dy = jnp.stack(dy)
         if v is None:
             dh_cand, dc_cand = dh + dy, dc
         else:
@@ -205,25 +216,33 @@ def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last
         if v is not None:
             dh_prev = jnp.where(keep, dh_prev, dh)
             dc_prev = jnp.where(keep, dc_prev, dc)
-        return (dh_prev, dc_prev), (d_gates, dh_cand if w_hr_t is not None else ())
+        per_direction = tuple(d_gates[d] for d in range(directions))
+        kept = tuple(dh_cand[d] for d in range(directions)) if w_hr_t is not None else ()
+        return (dh_prev, dc_prev), (per_direction, kept)
 
     (d_h0, d_c0), (d_gates, dh_cand) = jax.lax.scan(
-        step, (d_h_last, d_c_last), (d_ys, t, c_new, c_prev, valid), reverse=True, unroll=unroll
+        step, (d_h_last, d_c_last), (tuple(d_ys), t, c_new, c_prev, valid), reverse=True,
+        unroll=unroll,
     )
     return d_gates, dh_cand, d_h0, d_c0
 
 
 def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision):
     """``W_hh`` (and ``W_hr``) gradients as one GEMM each over all steps and sequences."""
-    h_prev = jnp.concatenate([h0[None], ys[:-1]])
-    d_w_hh_t = jnp.einsum("tdnp,tdng->dpg", h_prev, d_gates, precision=precision)
+    d_w_hh_t = jnp.stack([
+        jnp.einsum("tnp,tng->pg", jnp.concatenate([h0[d][None], y[:-1]]), dg, precision=precision)
+        for d, (y, dg) in enumerate(zip(ys, d_gates))
+    ])
     if w_hr_t is None:
         return d_w_hh_t, None
     t_o = jnp.split(t, 4, axis=-1)[3]
     r = (0.5 * t_o + 0.5) * jnp.tanh(c_new)
     if valid is not None:
         r = jnp.where(valid[:, None, :, None], r, jnp.zeros_like(r))
-    return d_w_hh_t, jnp.einsum("tdnh,tdnp->dhp", r, dh_cand, precision=precision)
+    return d_w_hh_t, jnp.stack([
+        jnp.einsum("tnh,tnp->hp", r[:, d], dhc, precision=precision)
+        for d, dhc in enumerate(dh_cand)
+    ])
 
 
 def _recurrence_bwd(precision, unroll, residuals, cotangents):
@@ -241,67 +260,75 @@ def _recurrence_bwd(precision, unroll, residuals, cotangents):
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def _project(readings: Array, w_ih: Array, bias: Array | None, precision: Any) -> Array:
-    """All steps' scaled input projections in one GEMM: (D, T, N, I) -> (T, D, N, 4H)."""
-    gates_x = jnp.einsum("dtni,dgi->tdng", readings, w_ih, precision=precision)
-    return gates_x if bias is None else gates_x + bias[None, :, None, :]
+def _project(readings, w_ih_t: Array, bias: Array | None, precision: Any) -> tuple[Array, ...]:
+    """Each direction's scaled input projections for all steps in one GEMM: (T, N, I) ->
+    (T, N, 4H), row-major, so the scan reads them without a transpose."""
+    gates_x = [jnp.dot(r, w_ih_t[d], precision=precision) for d, r in enumerate(readings)]
+    if bias is not None:
+        gates_x = [g + bias[d] for d, g in enumerate(gates_x)]
+    return tuple(gates_x)
 
 
-def _chunked(readings, valid, chunk):
-    """Pad time to a multiple of ``chunk`` (padding is invalid) and split it into chunks."""
-    steps, batch = readings.shape[1], readings.shape[2]
+def _chunked(arrays, valid, chunk):
+    """Pad time to a multiple of ``chunk`` (padding is invalid) and split it into chunks:
+    each (T, N, F) array becomes (T / chunk, chunk, N, F)."""
+    steps, batch = arrays[0].shape[:2]
     chunks = -(-steps // chunk)
     pad = chunks * chunk - steps
     if pad and valid is None:
         valid = jnp.ones((steps, batch), bool)
-    readings = jnp.pad(readings, [(0, 0), (0, pad), (0, 0), (0, 0)])
-    readings = jnp.moveaxis(readings.reshape(readings.shape[0], chunks, chunk, *readings.shape[2:]),
-                            1, 0)
+    arrays = tuple(
+        jnp.pad(a, [(0, pad), (0, 0), (0, 0)]).reshape(chunks, chunk, *a.shape[1:])
+        for a in arrays
+    )
     if valid is not None:
         valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
-    return readings, valid, pad
+    return arrays, valid
+
+
+def _unchunked(arrays, steps: int):
+    return tuple(a.reshape(-1, *a.shape[2:])[:steps] for a in arrays)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _remat_layer(readings, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
+def _remat_layer(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
     """Projection + recurrence of one layer keeping only chunk-boundary states for the backward
     pass, which recomputes each chunk's forward: activation memory ~ (T / chunk + chunk) steps.
 
-    Arguments as :func:`_recurrence`, with ``readings`` (D, T, N, I) the unprojected inputs.
+    Arguments as :func:`_recurrence`, with ``readings`` the unprojected (T, N, I) input of each
+    direction and ``w_ih_t`` (D, I, 4H).
     """
-    gates_x = _project(readings, w_ih, bias, precision)
+    gates_x = _project(readings, w_ih_t, bias, precision)
     ys, carry, _ = _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False)
     return ys, carry
 
 
-def _remat_layer_fwd(readings, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll,
+def _remat_layer_fwd(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll,
                      chunk):
-    steps = readings.shape[1]
-    chunks, valid_chunks, _ = _chunked(readings, valid, chunk)
+    chunks, valid_chunks = _chunked(readings, valid, chunk)
 
     def run_chunk(carry, inputs):
         part, v = inputs
-        gates_x = _project(part, w_ih, bias, precision)
+        gates_x = _project(part, w_ih_t, bias, precision)
         ys, new_carry, _ = _forward_scan(gates_x, *carry, w_hh_t, w_hr_t, v, precision, unroll,
                                          False)
         return new_carry, (ys, carry)
 
     carry, (ys, starts) = jax.lax.scan(run_chunk, (h0, c0), (chunks, valid_chunks))
-    ys = ys.reshape(-1, *ys.shape[2:])[:steps]
-    return (ys, carry), (readings, w_ih, bias, starts, w_hh_t, w_hr_t, valid)
+    ys = _unchunked(ys, readings[0].shape[0])
+    return (ys, carry), (readings, w_ih_t, bias, starts, w_hh_t, w_hr_t, valid)
 
 
 def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
-    readings, w_ih, bias, starts, w_hh_t, w_hr_t, valid = residuals
+    readings, w_ih_t, bias, starts, w_hh_t, w_hr_t, valid = residuals
     d_ys, (d_h_last, d_c_last) = cotangents
-    chunks, valid_chunks, pad = _chunked(readings, valid, chunk)
-    d_ys = jnp.pad(d_ys, [(0, pad)] + [(0, 0)] * 3)
-    d_ys = d_ys.reshape(-1, chunk, *d_ys.shape[1:])
+    chunks, valid_chunks = _chunked(readings, valid, chunk)
+    d_ys, _ = _chunked(d_ys, None, chunk)
 
     def run_chunk(carry, inputs):
-        (dh, dc), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t) = carry
+        (dh, dc), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t) = carry
         part, v, dy, (h_s, c_s) = inputs
-        gates_x = _project(part, w_ih, bias, precision)
+        gates_x = _project(part, w_ih_t, bias, precision)
         ys, _, (t, c_new) = _forward_scan(gates_x, h_s, c_s, w_hh_t, w_hr_t, v, precision,
                                           unroll, True)
         d_gates, dh_cand, dh, dc = _backward_scan(
@@ -312,22 +339,25 @@ def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
         d_w_hh_t = d_w_hh_t + hh
         if w_hr_t is not None:
             d_w_hr_t = d_w_hr_t + hr
-        d_w_ih = d_w_ih + jnp.einsum("tdng,dtni->dgi", d_gates, part, precision=precision)
+        d_w_ih_t = d_w_ih_t + jnp.stack([
+            jnp.einsum("tni,tng->ig", r, dg, precision=precision)
+            for r, dg in zip(part, d_gates)
+        ])
         if bias is not None:
-            d_bias = d_bias + jnp.sum(d_gates, axis=(0, 2))
-        d_part = jnp.einsum("tdng,dgi->dtni", d_gates, w_ih, precision=precision)
-        return ((dh, dc), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t)), d_part
+            d_bias = d_bias + jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
+        d_part = tuple(
+            jnp.dot(dg, w_ih_t[d].T, precision=precision) for d, dg in enumerate(d_gates)
+        )
+        return ((dh, dc), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t)), d_part
 
-    zeros = (jnp.zeros_like(w_ih), None if bias is None else jnp.zeros_like(bias),
+    zeros = (jnp.zeros_like(w_ih_t), None if bias is None else jnp.zeros_like(bias),
              jnp.zeros_like(w_hh_t), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
-    ((d_h0, d_c0), (d_w_ih, d_bias, d_w_hh_t, d_w_hr_t)), d_chunks = jax.lax.scan(
+    ((d_h0, d_c0), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t)), d_chunks = jax.lax.scan(
         run_chunk, ((d_h_last, d_c_last), zeros), (chunks, valid_chunks, d_ys, starts),
         reverse=True,
     )
-    d_readings = jnp.moveaxis(d_chunks, 0, 1)
-    d_readings = d_readings.reshape(d_readings.shape[0], -1, *d_readings.shape[3:])
-    d_readings = d_readings[:, : readings.shape[1]]
-    return d_readings, d_w_ih, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+    d_readings = _unchunked(d_chunks, readings[0].shape[0])
+    return d_readings, d_w_ih_t, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
 
 
 _remat_layer.defvjp(_remat_layer_fwd, _remat_layer_bwd)
@@ -357,7 +387,7 @@ def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, 
     """Stack one layer's weights over directions, scaled and arranged once for the scan."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
     scale = gate_scale(config.hidden_size, dtype)
-    w_ih = jnp.stack([params[f"weight_ih{s}"] for s in sfx]).astype(dtype) * scale[:, None]
+    w_ih_t = jnp.stack([params[f"weight_ih{s}"].T for s in sfx]).astype(dtype) * scale
     w_hh_t = jnp.stack([params[f"weight_hh{s}"].T for s in sfx]).astype(dtype) * scale
     bias = None
     if config.bias:
@@ -366,7 +396,7 @@ def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, 
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
-    return w_ih, w_hh_t, bias, w_hr_t
+    return w_ih_t, w_hh_t, bias, w_hr_t
 
 
 @partial(
@@ -402,28 +432,27 @@ def _lstm_time_major(
     c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
     h_n, c_n = [], []
     for layer in range(config.num_layers):
-        w_ih, w_hh_t, bias, w_hr_t = _layer_weights(params, config, layer, dtype)
+        w_ih_t, w_hh_t, bias, w_hr_t = _layer_weights(params, config, layer, dtype)
         if valid is not None:
             # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient.
             layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
         readings = [layer_input]
         if directions == 2:
             readings.append(reverse_in_time(layer_input, seq_lengths))
-        readings = jnp.stack(readings)
         if remat:
             ys, (h_last, c_last) = _remat_layer(
-                readings, w_ih, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision,
-                unroll, remat,
+                tuple(readings), w_ih_t, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid,
+                precision, unroll, remat,
             )
         else:
-            gates_x = _project(readings, w_ih, bias, precision)
+            gates_x = _project(readings, w_ih_t, bias, precision)
             ys, (h_last, c_last) = _recurrence(
                 gates_x, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
             )
-        outputs = [ys[:, 0]]
+        outputs = [ys[0]]
         if directions == 2:
-            outputs.append(reverse_in_time(ys[:, 1], seq_lengths))
-        layer_input = jnp.concatenate(outputs, axis=-1)
+            outputs.append(reverse_in_time(ys[1], seq_lengths))
+        layer_input = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
         h_n.append(h_last)
         c_n.append(c_last)
         last = layer == config.num_layers - 1
