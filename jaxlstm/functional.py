@@ -113,18 +113,22 @@ def _cell_update_bwd(residuals, cotangents):
 cell_update.defvjp(_cell_update_fwd, _cell_update_bwd)
 
 
-def _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
+def _forward_scan(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
     """The recurrence of D directions in one scan; ``save`` also returns (t, c') for each step.
 
     ``gates_x`` and the returned ``ys`` hold one contiguous (T, N, .) array per direction, so
     the input projection and the output need no transposes; the directions are stacked only
-    inside the step, for one batched matmul.
+    inside the step, for one batched matmul. The bias is added there too, fused with the step's
+    other elementwise work instead of costing a pass over all projections.
     """
+    bias = None if bias is None else bias[:, None, :]
 
     def step(carry: State, inputs):
         h, c = carry
         gx, v = inputs
         gates = jnp.stack(gx) + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+        if bias is not None:
+            gates = gates + bias
         h_new, c_new, t = cell_activate(gates, c)
         if w_hr_t is not None:
             h_new = jnp.einsum("dnh,dhp->dnp", h_new, w_hr_t, precision=precision)
@@ -141,9 +145,10 @@ def _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, sav
     return ys, (h_t, c_t), saved
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+@partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def _recurrence(
     gates_x: tuple[Array, ...],
+    bias: Array | None,
     h0: Array,
     c0: Array,
     w_hh_t: Array,
@@ -156,8 +161,8 @@ def _recurrence(
 
     **Arguments:**
 
-    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections (bias
-      included), each already in its direction's reading order.
+    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections, each already
+      in its direction's reading order; ``bias``: (D, 4H) scaled ``b_ih + b_hh`` or ``None``.
     - ``h0``: (D, N, H_out), ``c0``: (D, N, H) initial states.
     - ``w_hh_t``: (D, H_out, 4H) scaled recurrent weights, transposed; ``w_hr_t``: (D, H, P) or
       ``None``.
@@ -170,15 +175,17 @@ def _recurrence(
     The backward pass is hand-scheduled: its scan carries only ``(dh, dc)`` and does one small
     GEMM per step; the weight gradients are single large GEMMs over all steps after the loop.
     """
-    ys, carry, _ = _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False)
+    ys, carry, _ = _forward_scan(
+        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False
+    )
     return ys, carry
 
 
-def _recurrence_fwd(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll):
+def _recurrence_fwd(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll):
     ys, carry, (t, c_new) = _forward_scan(
-        gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, True
+        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, True
     )
-    return (ys, carry), (t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid)
+    return (ys, carry), (t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid, bias is not None)
 
 
 def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last,
@@ -246,7 +253,7 @@ def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, p
 
 
 def _recurrence_bwd(precision, unroll, residuals, cotangents):
-    t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid = residuals
+    t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid, has_bias = residuals
     d_ys, (d_h_last, d_c_last) = cotangents
     d_gates, dh_cand, d_h0, d_c0 = _backward_scan(
         t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last, precision, unroll
@@ -254,19 +261,21 @@ def _recurrence_bwd(precision, unroll, residuals, cotangents):
     d_w_hh_t, d_w_hr_t = _recurrent_weight_grads(
         t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision
     )
-    return d_gates, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+    d_bias = _bias_grad(d_gates) if has_bias else None
+    return d_gates, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+
+
+def _bias_grad(d_gates) -> Array:
+    return jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def _project(readings, w_ih_t: Array, bias: Array | None, precision: Any) -> tuple[Array, ...]:
+def _project(readings, w_ih_t: Array, precision: Any) -> tuple[Array, ...]:
     """Each direction's scaled input projections for all steps in one GEMM: (T, N, I) ->
     (T, N, 4H), row-major, so the scan reads them without a transpose."""
-    gates_x = [jnp.dot(r, w_ih_t[d], precision=precision) for d, r in enumerate(readings)]
-    if bias is not None:
-        gates_x = [g + bias[d] for d, g in enumerate(gates_x)]
-    return tuple(gates_x)
+    return tuple(jnp.dot(r, w_ih_t[d], precision=precision) for d, r in enumerate(readings))
 
 
 def _chunked(arrays, valid, chunk):
@@ -298,8 +307,10 @@ def _remat_layer(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, precisio
     Arguments as :func:`_recurrence`, with ``readings`` the unprojected (T, N, I) input of each
     direction and ``w_ih_t`` (D, I, 4H).
     """
-    gates_x = _project(readings, w_ih_t, bias, precision)
-    ys, carry, _ = _forward_scan(gates_x, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False)
+    gates_x = _project(readings, w_ih_t, precision)
+    ys, carry, _ = _forward_scan(
+        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False
+    )
     return ys, carry
 
 
@@ -309,9 +320,9 @@ def _remat_layer_fwd(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, prec
 
     def run_chunk(carry, inputs):
         part, v = inputs
-        gates_x = _project(part, w_ih_t, bias, precision)
-        ys, new_carry, _ = _forward_scan(gates_x, *carry, w_hh_t, w_hr_t, v, precision, unroll,
-                                         False)
+        gates_x = _project(part, w_ih_t, precision)
+        ys, new_carry, _ = _forward_scan(gates_x, bias, *carry, w_hh_t, w_hr_t, v, precision,
+                                         unroll, False)
         return new_carry, (ys, carry)
 
     carry, (ys, starts) = jax.lax.scan(run_chunk, (h0, c0), (chunks, valid_chunks))
@@ -328,8 +339,8 @@ def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
     def run_chunk(carry, inputs):
         (dh, dc), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t) = carry
         part, v, dy, (h_s, c_s) = inputs
-        gates_x = _project(part, w_ih_t, bias, precision)
-        ys, _, (t, c_new) = _forward_scan(gates_x, h_s, c_s, w_hh_t, w_hr_t, v, precision,
+        gates_x = _project(part, w_ih_t, precision)
+        ys, _, (t, c_new) = _forward_scan(gates_x, bias, h_s, c_s, w_hh_t, w_hr_t, v, precision,
                                           unroll, True)
         d_gates, dh_cand, dh, dc = _backward_scan(
             t, c_new, c_s, w_hh_t, w_hr_t, v, dy, dh, dc, precision, unroll
@@ -344,7 +355,7 @@ def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
             for r, dg in zip(part, d_gates)
         ])
         if bias is not None:
-            d_bias = d_bias + jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
+            d_bias = d_bias + _bias_grad(d_gates)
         d_part = tuple(
             jnp.dot(dg, w_ih_t[d].T, precision=precision) for d, dg in enumerate(d_gates)
         )
@@ -445,9 +456,9 @@ def _lstm_time_major(
                 precision, unroll, remat,
             )
         else:
-            gates_x = _project(readings, w_ih_t, bias, precision)
+            gates_x = _project(readings, w_ih_t, precision)
             ys, (h_last, c_last) = _recurrence(
-                gates_x, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
+                gates_x, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
             )
         outputs = [ys[0]]
         if directions == 2:
