@@ -46,12 +46,19 @@ def _tf32(enabled: bool):
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def candidates(shape: suite.Shape, gpu: bool) -> list[suite.Candidate]:
+def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suite.Candidate]:
     torch.manual_seed(0)
     module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
                            bidirectional=shape.bidirectional)
     device = jax.devices()[0]
     precision = "highest" if gpu else None
+    if memory:
+        return [
+            suite.torch_candidate(module, shape, "cuda" if gpu else "cpu", name="torch"),
+            suite.jaxlstm_candidate(module, shape, device, precision=precision),
+            suite.jaxlstm_candidate(module, shape, device, name="jaxlstm remat=True",
+                                    precision=precision, remat=True),
+        ]
     found = [
         suite.torch_candidate(module, shape, "cuda" if gpu else "cpu",
                               name="torch cuDNN" if gpu else "torch"),
@@ -141,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
     parser.add_argument("--per-round", type=int, default=3, help="calls per round")
-    parser.add_argument("--shapes", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="shape set (auto: gpu when a CUDA device is present)")
+    parser.add_argument("--shapes", choices=["auto", "cpu", "gpu", "memory"], default="auto",
+                        help="shape set (auto: gpu when a CUDA device is present; memory: "
+                        "T=1000 with and without remat)")
     parser.add_argument("--quick", action="store_true", help="first shape only, 3 rounds")
     parser.add_argument("--json", default="benchmarks/results.json", metavar="PATH")
     parser.add_argument("--png", default="benchmarks/results.png", metavar="PATH")
@@ -153,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.shapes == "gpu" or (args.shapes == "auto" and torch.cuda.is_available())
     if gpu:
         _tf32(False)
-    shapes = suite.GPU_SHAPES if gpu else suite.CPU_SHAPES
+    memory = args.shapes == "memory"
+    shapes = suite.MEMORY_SHAPES if memory else suite.GPU_SHAPES if gpu else suite.CPU_SHAPES
     rounds = args.rounds
     if args.quick:
         shapes, rounds = shapes[:1], 3
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: {value}")
     results = []
     for shape in shapes:
-        timings = suite.time_candidates(candidates(shape, gpu), rounds, args.per_round)
+        timings = suite.time_candidates(candidates(shape, gpu, memory), rounds, args.per_round)
         anchor = timings[0]
         rows = []
         for t in timings:

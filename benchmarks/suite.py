@@ -39,6 +39,8 @@ class Shape:
 
 
 CPU_SHAPES = [Shape(50, 16, 64, 128), Shape(100, 32, 256, 256, 2, True)]
+# Long sequences: activation memory with and without remat, against torch.
+MEMORY_SHAPES = [Shape(1000, 32, 256, 256)]
 GPU_SHAPES = [
     Shape(150, 16, 128, 128),
     Shape(100, 64, 512, 512),
@@ -99,11 +101,11 @@ def jaxlstm_candidate(module: torch.nn.Module, shape: Shape, device, *, name: st
     params = jax.device_put(model.params(), device)
     x = jax.device_put(_inputs(shape), device)
     lengths = None if seq_lengths is None else jax.device_put(jnp.asarray(seq_lengths), device)
-    unroll = model.unroll
+    unroll, remat = model.unroll, model.remat
 
     def run(params, x):
         out, _ = functional.lstm(params, x, config=config, seq_lengths=lengths,
-                                 precision=precision, unroll=unroll)
+                                 precision=precision, unroll=unroll, remat=remat)
         return out
 
     forward = jax.jit(run)

@@ -253,6 +253,10 @@ def run_property_case(case: PropertyCase, dtype: str, seed: int) -> list[runner.
                   if k in actual}
         errors.update({f"{k} (missing)": float("inf") for k in missing})
         results.append(runner.Result(case, dtype, path, errors))
+    runner.check_against_float64(
+        results, actual, module, inputs,
+        lambda m, i: run_torch(m, case, "float64", i)["native"],
+    )
     return results
 
 
@@ -293,8 +297,10 @@ def describe_failures(results: list[runner.Result]) -> str:
     for result in results:
         if not result.passed:
             worst = max(result.errors, key=result.errors.get)
+            truth = result.truth_errors.get(worst)
+            against_truth = "" if truth is None else f" (against float64: {truth:.2e})"
             lines.append(
                 f"{result.case.name} {result.dtype} vs torch {result.torch_path}: {worst} "
-                f"error {result.errors[worst]:.2e} > {result.tolerance:.0e}"
+                f"error {result.errors[worst]:.2e} > {result.tolerance:.0e}{against_truth}"
             )
     return "\n".join(lines)

@@ -7,7 +7,9 @@ the gradients of one scalar loss with respect to every weight, the input and ``(
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,14 +31,29 @@ class Result:
     dtype: str
     torch_path: str  # "oneDNN" (torch's default CPU float32 path) or "native" (ATen)
     errors: dict[str, float]  # tensor name -> max |jax - torch| / max |torch|
+    # For float32 tensors outside the tolerance against torch float32: the same error measured
+    # against torch in float64 on the same weights and inputs (the exact answer, to float32).
+    truth_errors: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def tolerance(self) -> float:
         return TOLERANCE[self.dtype]
 
+    def _within(self, error: float) -> bool:
+        return bool(np.isfinite(error) and error <= self.tolerance)
+
+    @property
+    def failing_against_torch(self) -> list[str]:
+        return [k for k, e in self.errors.items() if not self._within(e)]
+
     @property
     def passed(self) -> bool:
-        return all(np.isfinite(e) and e <= self.tolerance for e in self.errors.values())
+        """Within tolerance of torch; or, in float32 where torch's own rounding differs by more
+        than that, within tolerance of the float64 result."""
+        return all(
+            k in self.truth_errors and self._within(self.truth_errors[k])
+            for k in self.failing_against_torch
+        )
 
     def to_json(self) -> dict:
         return {
@@ -46,6 +63,7 @@ class Result:
             "torch_path": self.torch_path,
             "tolerance": self.tolerance,
             "errors": self.errors,
+            "errors_against_float64": self.truth_errors,
             "passed": self.passed,
         }
 
@@ -189,6 +207,26 @@ def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
     return values
 
 
+def check_against_float64(results: list[Result], actual: dict, module: torch.nn.Module,
+                          inputs: Inputs, run: Callable[[torch.nn.Module, Inputs], dict]) -> None:
+    """Float32 tensors that miss the tolerance against torch float32 are measured against
+    torch float64 on the same weights and inputs; ``run(module, inputs)`` runs torch."""
+    if all(r.passed or r.dtype != "float32" for r in results):
+        return
+    module64 = copy.deepcopy(module).double()
+    inputs64 = Inputs(
+        inputs.x.astype(np.float64),
+        None if inputs.hx is None else tuple(a.astype(np.float64) for a in inputs.hx),
+        inputs.seq_lengths,
+        {k: v.astype(np.float64) for k, v in inputs.cotangents.items()},
+    )
+    truth = run(module64, inputs64)
+    for result in results:
+        for key in result.failing_against_torch:
+            if key in truth:
+                result.truth_errors[key] = relative_error(actual[key], truth[key])
+
+
 def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
     """Compare one case in one dtype; float32 against both torch CPU paths."""
     module = torch_module(case, dtype, seed)
@@ -204,4 +242,6 @@ def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
         errors = {k: relative_error(actual[k], expected[k]) for k in expected if k in actual}
         errors.update({f"{k} (missing)": float("inf") for k in missing})
         results.append(Result(case, dtype, path, errors))
+    check_against_float64(results, actual, module, inputs,
+                          lambda m, i: run_torch(m, case, i, native=True))
     return results

@@ -10,7 +10,7 @@ Every example builds a real ``torch.nn.LSTM`` / ``LSTMCell`` of a drawn configur
 import warnings
 
 import pytest
-from hypothesis import event, given
+from hypothesis import event, example, given
 
 from parity import properties
 from parity.properties import PropertyCase
@@ -34,6 +34,14 @@ def check(case: PropertyCase, dtype: str, seed: int) -> None:
     assert all(r.passed for r in results), properties.describe_failures(results)
 
 
+# Found by this property: a gradient that cancels to ~1e-2 from terms of ~1, where torch's own
+# float32 oneDNN result is 1.1e-5 off the float64 answer and jaxlstm's 2.9e-6 (so the float32
+# comparison falls back to the float64 result).
+@example(
+    case=PropertyCase(input_size=1, hidden_size=32, bias=False, bidirectional=True, seq_len=52,
+                      batch=None, with_hx=False, packed=True, lengths=(1,)),
+    dtype="float32", seed=1,
+)
 @properties.property_settings(ci_examples=200)
 @given(case=properties.lstm_cases(), dtype=properties.dtypes, seed=properties.seeds)
 def test_lstm_matches_torch_on_random_configurations(case, dtype, seed):

@@ -1,0 +1,75 @@
+"""A/B of the functional core against an earlier revision, torch alongside, in one process.
+
+``python -m benchmarks.compare REV [REV ...]`` loads ``jaxlstm/functional.py`` as it was at each
+git revision next to the working tree's and times forward and forward+backward on the CPU
+shapes in interleaved rounds (medians), printing each as a ratio to torch measured in the same
+run. This is how each step of the fast path was kept or dropped (see ``benchmarks/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import torch
+
+from benchmarks import suite
+from jaxlstm import functional
+
+
+def load_revision(rev: str):
+    source = subprocess.run(["git", "show", f"{rev}:jaxlstm/functional.py"], check=True,
+                            capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"functional_{rev}", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def core_candidate(core, name: str, module: torch.nn.Module, shape: suite.Shape):
+    import jaxlstm
+
+    model = jaxlstm.from_torch(module)
+    params, config = model.params(), model.config
+    x = jnp.asarray(suite._inputs(shape))
+
+    def run(params, x):
+        return core.lstm(params, x, config=config)[0]
+
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1)))
+    return suite.Candidate(name, lambda: jax.block_until_ready(forward(params, x)),
+                           lambda: jax.block_until_ready(grad(params, x)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
+    parser.add_argument("revisions", nargs="+", help="git revisions to compare against")
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args(argv)
+    cores = {rev: load_revision(rev) for rev in args.revisions}
+    cores["working tree"] = functional
+    for shape in suite.CPU_SHAPES:
+        torch.manual_seed(0)
+        module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
+                               bidirectional=shape.bidirectional)
+        found = [suite.torch_candidate(module, shape, "cpu")]
+        found += [core_candidate(core, name, module, shape) for name, core in cores.items()]
+        timings = suite.time_candidates(found, args.rounds, per_round=3)
+        anchor = timings[0]
+        print(shape.label)
+        for t in timings:
+            print(f"  {t.implementation:<14} forward {t.forward_s / anchor.forward_s:5.2f}  "
+                  f"forward+backward {t.forward_backward_s / anchor.forward_backward_s:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
