@@ -9,6 +9,7 @@ load hits every implementation alike; ratios are to torch measured in the same r
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 
@@ -205,12 +206,18 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int,
     for _ in range(rounds):
         for c in candidates:
             for kind, fn in (("forward", c.forward), ("forward_backward", c.forward_backward)):
+                # One untimed call first: torch's threads spin for a while after a parallel
+                # region and would otherwise take cores from whatever is timed next, and a
+                # sleep instead would leave every implementation's next call cold.
+                fn()
+                gc.collect()
+                gc.disable()  # as timeit does: no collection pauses inside a timed block
                 start = time.perf_counter()
                 for _ in range(per_round):
                     fn()
-                samples.setdefault((c.name, kind), []).append(
-                    (time.perf_counter() - start) / per_round
-                )
+                elapsed = time.perf_counter() - start
+                gc.enable()
+                samples.setdefault((c.name, kind), []).append(elapsed / per_round)
     for (name, kind), values in samples.items():
         setattr(timings[name], f"{kind}_s", float(np.median(values)))
     return list(timings.values())
