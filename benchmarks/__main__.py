@@ -84,21 +84,29 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
     return found
 
 
+def _cells(t: dict) -> list[str]:
+    """One timing's numbers, formatted: forward ms and ratio, fwd+bwd ms and ratio, first
+    call s, saved MB."""
+    saved = t["activation_bytes"]
+    return [
+        f"{t['forward_s'] * 1e3:.2f}", f"{t['forward_ratio']:.2f}",
+        f"{t['forward_backward_s'] * 1e3:.2f}", f"{t['forward_backward_ratio']:.2f}",
+        f"{t['compile_s']:.2f}", "-" if saved is None else f"{saved / 2**20:.1f}",
+    ]
+
+
+HEADINGS = ["forward ms", "ratio", "fwd+bwd ms", "ratio", "first call s", "saved MB"]
+
+
 def table(results: list[dict]) -> str:
     lines = []
     for entry in results:
         lines.append(f"\n{entry['shape']}")
-        head = (f"  {'implementation':<24} {'forward ms':>10} {'ratio':>6} {'fwd+bwd ms':>10} "
-                f"{'ratio':>6} {'compile s':>9} {'saved MB':>9}")
+        head = f"  {'implementation':<24} " + " ".join(f"{h:>12}" for h in HEADINGS)
         lines += [head, "  " + "-" * (len(head) - 2)]
         for t in entry["timings"]:
-            saved = t["activation_bytes"]
-            lines.append(
-                f"  {t['implementation']:<24} {t['forward_s'] * 1e3:10.2f} "
-                f"{t['forward_ratio']:6.2f} {t['forward_backward_s'] * 1e3:10.2f} "
-                f"{t['forward_backward_ratio']:6.2f} {t['compile_s']:9.2f} "
-                f"{'-' if saved is None else f'{saved / 2**20:9.1f}':>9}"
-            )
+            lines.append(f"  {t['implementation']:<24} "
+                         + " ".join(f"{c:>12}" for c in _cells(t)))
     return "\n".join(lines)
 
 
@@ -106,17 +114,12 @@ def markdown(results: list[dict], info: dict[str, str], command: str) -> str:
     """The results as a Markdown table, with the machine and the command that produced them."""
     lines = [f"Command: `{command}`", ""]
     lines += [f"- {key}: {value}" for key, value in info.items() if value]
-    lines += ["", "| shape | implementation | forward ms | fwd ratio | fwd+bwd ms | fwd+bwd ratio "
-              "| first call s | saved for backward MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| shape | implementation | " + " | ".join(HEADINGS) + " |",
+              "|---|---|" + "---:|" * len(HEADINGS)]
     for entry in results:
         for t in entry["timings"]:
-            saved = t["activation_bytes"]
-            lines.append(
-                f"| {entry['shape']} | {t['implementation']} | {t['forward_s'] * 1e3:.2f} | "
-                f"{t['forward_ratio']:.2f} | {t['forward_backward_s'] * 1e3:.2f} | "
-                f"{t['forward_backward_ratio']:.2f} | {t['compile_s']:.2f} | "
-                f"{'-' if saved is None else f'{saved / 2**20:.1f}'} |"
-            )
+            lines.append(f"| {entry['shape']} | {t['implementation']} | "
+                         + " | ".join(_cells(t)) + " |")
     return "\n".join(lines) + "\n"
 
 
