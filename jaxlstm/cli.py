@@ -164,7 +164,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from jaxlstm.files import read_checkpoint
     from jaxlstm.formats import format_for, write
-    from jaxlstm.porting import describe, extract_lstm, select_lstm
+    from jaxlstm.porting import describe, lstm_weights
 
     try:
         fmt = format_for(args.output, args.to)
@@ -176,8 +176,7 @@ def _convert(args: argparse.Namespace) -> int:
                               "name or pass --force to replace it")
     state = read_checkpoint(args.input).state_dict
     source = f"file {args.input!r}"
-    chosen = select_lstm(state, args.prefix, source=source)
-    arrays = extract_lstm(state, chosen.prefix, source=source)
+    chosen, arrays = lstm_weights(state, args.prefix, source=source)
     write(arrays, output, fmt, merge_biases=args.merge_biases, force=args.force)
     where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
     print(f"wrote {args.output} ({fmt.name}): {describe(chosen.config)} from {where}"

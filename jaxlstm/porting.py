@@ -81,15 +81,21 @@ def _hidden(gates: int, key: str) -> int:
     return gates // 4
 
 
-def _param_dtype(arrays: Mapping[str, np.ndarray], param_dtype: Any) -> Any:
-    dtypes = {str(a.dtype) for a in arrays.values()}
+def _param_dtype(
+    arrays: Mapping[str, np.ndarray], param_dtype: Any, source: str = "the state dict"
+) -> Any:
+    """The dtype to port ``arrays`` in: ``param_dtype``, else their one shared dtype."""
     if param_dtype is None:
+        dtypes: dict[str, list[str]] = {}
+        for name, array in arrays.items():
+            dtypes.setdefault(str(array.dtype), []).append(name)
         if len(dtypes) > 1:
+            listed = "; ".join(f"{dtype}: {', '.join(names)}" for dtype, names in dtypes.items())
             raise ValueError(
-                f"the weights mix dtypes ({', '.join(sorted(dtypes))}); pass param_dtype= to "
-                "choose one"
+                f"the LSTM weights in {source} mix dtypes ({listed}); pass param_dtype= (for "
+                "example param_dtype=jnp.float32) to convert them all to one dtype"
             )
-        param_dtype = jnp.dtype(next(iter(dtypes)))
+        param_dtype = next(iter(dtypes))
     param_dtype = jnp.dtype(param_dtype)
     if param_dtype.itemsize == 8 and not jax.config.jax_enable_x64:
         raise ValueError(
@@ -344,6 +350,14 @@ def select_lstm(
     Only the chosen module's weights are checked, so a broken unrelated module does not get in
     the way. Errors list the prefixes available in ``source``.
     """
+    return lstm_weights(state_dict, prefix, source=source)[0]
+
+
+def lstm_weights(
+    state_dict: Mapping[str, Any], prefix: str | None = None, *, source: str = "the state dict"
+) -> tuple[FoundLSTM, dict[str, np.ndarray]]:
+    """:func:`select_lstm` and the chosen module's weights (torch names without the prefix, as
+    numpy arrays), found in one pass over ``state_dict``."""
     candidates = _candidates(state_dict)
     if not candidates:
         keys = list(state_dict)
@@ -358,7 +372,9 @@ def select_lstm(
         given = prefix if prefix.endswith(".") or not prefix else prefix + "."
         prefix = given if given in candidates else normalize_prefix(prefix, state_dict)
     if prefix in candidates:
-        return _validated(prefix, candidates[prefix], source)
+        params = candidates[prefix]
+        arrays = {name: to_numpy(value, prefix + name) for name, value in params.items()}
+        return _validated(prefix, params, source), arrays
     listing = "\n  ".join(_listing(p, params) for p, params in candidates.items())
     if prefix is None:
         raise ValueError(
@@ -402,21 +418,7 @@ def extract_lstm(
 
     The result loads into the matching ``nn.LSTM``/``nn.LSTMCell`` with ``strict=True``.
     """
-    chosen = select_lstm(state_dict, prefix, source=source)
-    params = _candidates(state_dict)[chosen.prefix]
-    return {name: to_numpy(value, chosen.prefix + name) for name, value in params.items()}
-
-
-def _check_one_dtype(arrays: Mapping[str, np.ndarray], source: str) -> None:
-    dtypes: dict[str, list[str]] = {}
-    for name, array in arrays.items():
-        dtypes.setdefault(str(array.dtype), []).append(name)
-    if len(dtypes) > 1:
-        listed = "; ".join(f"{dtype}: {', '.join(names)}" for dtype, names in dtypes.items())
-        raise ValueError(
-            f"the LSTM weights in {source} mix dtypes ({listed}); pass param_dtype= (for example "
-            "param_dtype=jnp.float32) to convert them all to one dtype"
-        )
+    return lstm_weights(state_dict, prefix, source=source)[1]
 
 
 def from_checkpoint(
@@ -450,6 +452,4 @@ def from_checkpoint(
             f"from_checkpoint expects a file path or a state dict, got {type(source).__name__}"
         )
     arrays = extract_lstm(state_dict, prefix, source=where)
-    if param_dtype is None:
-        _check_one_dtype(arrays, where)
-    return from_torch(arrays, param_dtype=param_dtype, **config)
+    return from_torch(arrays, param_dtype=_param_dtype(arrays, param_dtype, where), **config)
