@@ -65,8 +65,6 @@ def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
     return (0.5 * t_o + 0.5) * jnp.tanh(c_new), c_new, t
 
 
-
-
 def _cell_activate_vjp(
     t: Array, c_new: Array, c: Array, dh: Array, dc_new: Array
 ) -> tuple[Array, Array]:
@@ -91,8 +89,7 @@ def cell_update(gates: Array, c: Array) -> State:
     Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
     ``h = sigmoid(o) * tanh(c')``. Differentiated by the same code as the sequence path.
     """
-    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    return h, c_new
+    return _cell_update_fwd(gates, c)[0]
 
 
 def _cell_update_fwd(gates: Array, c: Array):
@@ -479,7 +476,7 @@ def _remat_chunk(remat: bool | int, num_steps: int) -> int:
     """The chunk length for ``remat`` (0: no rematerialisation)."""
     if remat is True:
         return max(1, round(num_steps**0.5))
-    if remat is False or remat is None or remat == 0:
+    if not remat:
         return 0
     if not isinstance(remat, int) or remat < 1:
         raise ValueError(f"remat must be True, False or a positive chunk length, got {remat!r}")
