@@ -157,15 +157,6 @@ def make_inputs(case: PropertyCase, dtype: str, seed: int) -> runner.Inputs:
     return inputs
 
 
-def padding_mask(case: PropertyCase) -> np.ndarray:
-    """True at padded steps, shaped like the input without its feature axis."""
-    lengths = np.asarray(case.lengths)
-    mask = np.arange(case.seq_len)[:, None] >= lengths[None, :]  # (T, N)
-    if case.batch is None:
-        return mask[:, 0]
-    return mask.T if case.batch_first else mask
-
-
 @functools.cache
 def compiler_options() -> dict:
     """:data:`FAST_COMPILE` where this XLA backend knows those options, else the defaults."""
@@ -206,7 +197,7 @@ def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) 
     if inputs.seq_lengths is not None:
         # Poison the padding: torch never sees it, so it must not change anything here either.
         x = x.copy()
-        x[padding_mask(case)] = np.nan
+        x[runner.padding_mask(case, inputs.seq_lengths)] = np.nan
     seq_lengths = inputs.seq_lengths
     if seq_lengths is not None and case.batch is None:
         seq_lengths = seq_lengths.reshape(())
@@ -248,11 +239,7 @@ def run_property_case(case: PropertyCase, dtype: str, seed: int) -> list[runner.
         actual = run_jax(module, case, inputs)
     results = []
     for path, expected in run_torch(module, case, dtype, inputs).items():
-        missing = set(expected) ^ set(actual)
-        errors = {k: runner.relative_error(actual[k], expected[k]) for k in expected
-                  if k in actual}
-        errors.update({f"{k} (missing)": float("inf") for k in missing})
-        results.append(runner.Result(case, dtype, path, errors))
+        results.append(runner.compare(case, dtype, path, actual, expected))
     runner.check_against_float64(
         results, actual, module, inputs,
         lambda m, i: run_torch(m, case, "float64", i)["native"],
