@@ -107,36 +107,171 @@ def _cell_update_bwd(residuals, cotangents):
 cell_update.defvjp(_cell_update_fwd, _cell_update_bwd)
 
 
-def _forward_scan(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
-    """The recurrence of D directions in one scan; ``save`` also returns (t, c') for each step.
+def _time(direction: int, step: Array, steps: int) -> Array:
+    """The time a direction works on at loop step ``step``: the forward direction goes
+    ``0 .. T-1``, the reverse one ``T-1 .. 0``. Every buffer stays in natural time order, so
+    nothing is ever reversed or copied to give the reverse direction its reading order."""
+    return step if direction == 0 else steps - 1 - step
 
-    ``gates_x`` and the returned ``ys`` hold one contiguous (T, N, .) array per direction, so
-    the input projection and the output need no transposes; the directions are stacked only
-    inside the step, for one batched matmul. The bias is added there too, fused with the step's
-    other elementwise work instead of costing a pass over all projections.
+
+def _rows(buffers, step: Array, steps: int) -> Array:
+    """Each direction's row at its own time: D buffers (T, N, F) -> (D, N, F)."""
+    return jnp.stack([
+        jax.lax.dynamic_index_in_dim(b, _time(d, step, steps), keepdims=False)
+        for d, b in enumerate(buffers)
+    ])
+
+
+def _put_rows(buffers, rows: Array, step: Array, steps: int) -> tuple[Array, ...]:
+    """Write ``rows`` (D, N, F) into each direction's buffer (T, N, F) at its own time."""
+    return tuple(
+        jax.lax.dynamic_update_index_in_dim(b, rows[d], _time(d, step, steps), 0)
+        for d, b in enumerate(buffers)
+    )
+
+
+def _columns(y: Array, step: Array, steps: int, directions: int) -> Array:
+    """Each direction's block of a layer output (T, N, D*P) at its own time -> (D, N, P)."""
+    width = y.shape[-1] // directions
+    zero = jnp.zeros_like(step)
+    return jnp.stack([
+        jax.lax.dynamic_slice(y, (_time(d, step, steps), zero, zero + d * width),
+                              (1, y.shape[1], width))[0]
+        for d in range(directions)
+    ])
+
+
+def _put_columns(y: Array, blocks: Array, step: Array, steps: int) -> Array:
+    """Write ``blocks`` (D, N, P) into the layer output (T, N, D*P): direction ``d`` fills
+    columns ``d*P .. (d+1)*P`` at its own time, the layout torch's output has."""
+    zero = jnp.zeros_like(step)
+    for d in range(blocks.shape[0]):
+        index = (_time(d, step, steps), zero, zero + d * blocks.shape[-1])
+        y = jax.lax.dynamic_update_slice(y, blocks[d][None], index)
+    return y
+
+
+def _masked(x: Array, keep: Array | None) -> Array:
+    return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
+
+
+def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
+    """The recurrence of D directions in one loop.
+
+    ``gates_x`` holds one (T, N, 4H) buffer per direction in natural time order; with ``save``
+    the loop overwrites each step's row with ``t = tanh(gates)`` in place and also records the
+    state entering each step (zero at invalid steps) and, with a projection, the unprojected
+    output: what the backward pass needs, ``(t, h_prev, c_prev, r)`` per direction.
+    Returns ``(y, (h_T, c_T), saved)`` with ``y`` the layer output (T, N, D*P), zero at invalid
+    steps. The bias is added inside the step, fused with the step's other elementwise work.
     """
+    steps, batch = gates_x[0].shape[:2]
+    directions = len(gates_x)
+    dtype = h0.dtype
     bias = None if bias is None else bias[:, None, :]
+    y = jnp.zeros((steps, batch, directions * h0.shape[-1]), dtype)
 
-    def step(carry: State, inputs):
-        h, c = carry
-        gx, v = inputs
-        gates = jnp.stack(gx) + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+    def buffers(width):
+        return tuple(jnp.zeros((steps, batch, width), dtype) for _ in range(directions))
+
+    saved = ()
+    if save:
+        r_buf = buffers(c0.shape[-1]) if w_hr_t is not None else ()
+        saved = (gates_x, buffers(h0.shape[-1]), buffers(c0.shape[-1]), r_buf)
+
+    def body(step, state):
+        (h, c), y, saved = state
+        keep = None if valid is None else _rows(valid, step, steps)[:, :, None]
+        row = _rows(saved[0] if save else gates_x, step, steps)
+        gates = row + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
         if bias is not None:
             gates = gates + bias
-        h_new, c_new, t = cell_activate(gates, c)
+        r, c_new, t = cell_activate(gates, c)
+        h_new = r
         if w_hr_t is not None:
-            h_new = jnp.einsum("dnh,dhp->dnp", h_new, w_hr_t, precision=precision)
-        saved = (t, c_new) if save else ()
-        if v is None:
-            y, carry = h_new, (h_new, c_new)
+            h_new = jnp.einsum("dnh,dhp->dnp", r, w_hr_t, precision=precision)
+        if keep is None:
+            carry = (h_new, c_new)
         else:
-            keep = v[None, :, None]
-            y = jnp.where(keep, h_new, jnp.zeros_like(h_new))
             carry = (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c))
-        return carry, (tuple(y[d] for d in range(len(gx))), saved)
+        y = _put_columns(y, _masked(h_new, keep), step, steps)
+        if save:
+            t_buf, h_prev, c_prev, r_buf = saved
+            saved = (
+                _put_rows(t_buf, t, step, steps),
+                _put_rows(h_prev, _masked(h, keep), step, steps),
+                _put_rows(c_prev, _masked(c, keep), step, steps),
+                _put_rows(r_buf, _masked(r, keep), step, steps) if r_buf else (),
+            )
+        return carry, y, saved
 
-    (h_t, c_t), (ys, saved) = jax.lax.scan(step, (h0, c0), (tuple(gates_x), valid), unroll=unroll)
-    return ys, (h_t, c_t), saved
+    carry, y, saved = jax.lax.fori_loop(0, steps, body, ((h0, c0), y, saved), unroll=unroll)
+    return y, carry, saved
+
+
+def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll):
+    """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
+
+    ``saved`` is :func:`_forward_loop`'s; its ``t`` buffers are overwritten in place by the
+    gate gradients. ``w_hh`` is (D, 4H, P), torch's layout. Returns ``(d_gates, dh_cand, d_h0,
+    d_c0)``: ``d_gates`` one (T, N, 4H) buffer per direction; ``dh_cand`` (the cotangent of each
+    projected output, (T, N, P) per direction) only with a projection, else ``()``.
+    """
+    t_buf, _, c_prev, _ = saved
+    steps, batch = t_buf[0].shape[:2]
+    directions = len(t_buf)
+    dh_buf = ()
+    if w_hr_t is not None:
+        dh_buf = tuple(jnp.zeros((steps, batch, d_h_last.shape[-1]), d_h_last.dtype)
+                       for _ in range(directions))
+
+    def body(i, state):
+        step = steps - 1 - i
+        (dh, dc), t, g_buf, dh_buf = state
+        c_p = _rows(c_prev, step, steps)
+        keep = None if valid is None else _rows(valid, step, steps)[:, :, None]
+        dh_cand = _masked(dh + _columns(d_y, step, steps, directions), keep)
+        dc_cand = _masked(dc, keep)
+        dr = dh_cand
+        if w_hr_t is not None:
+            dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
+        t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
+        c_new = (0.5 * t_f + 0.5) * c_p + (0.5 * t_i + 0.5) * g
+        d_gates, dc_prev = _cell_activate_vjp(t, c_new, c_p, dr, dc_cand)
+        # Select, never multiply by zero: a step past a sequence's end may hold an infinite
+        # state, and 0 * inf would turn torch's inf gradients into NaN.
+        d_gates = _masked(d_gates, keep)
+        dh_prev = jnp.einsum("dng,dgp->dnp", d_gates, w_hh, precision=precision)
+        if keep is not None:
+            dh_prev = jnp.where(keep, dh_prev, dh)
+            dc_prev = jnp.where(keep, dc_prev, dc)
+        g_buf = _put_rows(g_buf, d_gates, step, steps)
+        if dh_buf:
+            dh_buf = _put_rows(dh_buf, dh_cand, step, steps)
+        # Read one step ahead, after the write: left to fuse into this step's consumers, the
+        # read of the row that is overwritten in place would make XLA copy the whole buffer.
+        return (dh_prev, dc_prev), _rows(g_buf, step - 1, steps), g_buf, dh_buf
+
+    state = ((d_h_last, d_c_last), _rows(t_buf, steps - 1, steps), t_buf, dh_buf)
+    (d_h0, d_c0), _, d_gates, dh_cand = jax.lax.fori_loop(0, steps, body, state, unroll=unroll)
+    return d_gates, dh_cand, d_h0, d_c0
+
+
+def _recurrent_weight_grads(saved, d_gates, dh_cand, precision):
+    """``W_hh`` (torch's layout) and ``W_hr^T`` gradients, one GEMM each over all steps."""
+    _, h_prev, _, r_buf = saved
+    d_w_hh = jnp.stack([
+        jnp.einsum("tng,tnp->gp", dg, hp, precision=precision) for dg, hp in zip(d_gates, h_prev)
+    ])
+    if not dh_cand:
+        return d_w_hh, None
+    return d_w_hh, jnp.stack([
+        jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision) for r, dhc in zip(r_buf, dh_cand)
+    ])
+
+
+def _bias_grad(d_gates) -> Array:
+    return jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7, 8))
@@ -145,240 +280,183 @@ def _recurrence(
     bias: Array | None,
     h0: Array,
     c0: Array,
-    w_hh_t: Array,
+    w_hh: Array,
     w_hr_t: Array | None,
-    valid: Array | None,
+    valid: tuple[Array, ...] | None,
     precision: Any,
     unroll: int,
-) -> tuple[tuple[Array, ...], State]:
-    """Run D independent directions through time in one scan.
+) -> tuple[Array, State]:
+    """Run D directions of one layer through time in one loop.
 
     **Arguments:**
 
-    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections, each already
-      in its direction's reading order; ``bias``: (D, 4H) scaled ``b_ih + b_hh`` or ``None``.
-    - ``h0``: (D, N, H_out), ``c0``: (D, N, H) initial states.
-    - ``w_hh_t``: (D, H_out, 4H) scaled recurrent weights, transposed; ``w_hr_t``: (D, H, P) or
-      ``None``.
-    - ``valid``: (T, N) bool, True where step t lies inside sequence n (a prefix of each
-      column), or ``None`` (all valid).
+    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections in natural time
+      order (the reverse direction reads them from the end); ``bias``: (D, 4H) scaled
+      ``b_ih + b_hh`` or ``None``.
+    - ``h0``: (D, N, P), ``c0``: (D, N, H) initial states.
+    - ``w_hh``: (D, 4H, P) scaled recurrent weights in torch's layout; ``w_hr_t``: (D, H, P)
+      or ``None``.
+    - ``valid``: one (T, N) bool array per direction, True where step t lies inside sequence
+      n, or ``None`` (all valid). Valid steps are a prefix of each sequence in time, so the
+      reverse direction, reading from the end, holds its initial state until it reaches a
+      sequence's last element: torch's ``PackedSequence`` semantics without reversing anything.
 
-    **Returns:** ``(ys, (h_T, c_T))``: ``ys`` one (T, N, H_out) array per direction, zero at
-    invalid steps.
+    **Returns:** ``(y, (h_T, c_T))``: ``y`` the layer output (T, N, D*P), zero at invalid steps.
 
-    The backward pass is hand-scheduled: its scan carries only ``(dh, dc)`` and does one small
-    GEMM per step; the weight gradients are single large GEMMs over all steps after the loop.
+    The backward pass is hand-scheduled: its loop carries only ``(dh, dc)`` and does one small
+    GEMM per step, writing the gate gradients over the saved activations in place; the weight
+    gradients are single large GEMMs over all steps after the loop.
     """
-    ys, carry, _ = _forward_scan(
-        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False
+    y, carry, _ = _forward_loop(
+        gates_x, bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid, precision, unroll, False
     )
-    return ys, carry
+    return y, carry
 
 
-def _recurrence_fwd(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll):
-    ys, carry, (t, c_new) = _forward_scan(
-        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, True
+def _recurrence_fwd(gates_x, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll):
+    y, carry, saved = _forward_loop(
+        gates_x, bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid, precision, unroll, True
     )
-    return (ys, carry), (t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid, bias is not None)
-
-
-def _backward_scan(t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last,
-                   precision, unroll):
-    """Reverse scan carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
-
-    Returns ``(d_gates, dh_cand, d_h0, d_c0)``: ``d_gates`` one (T, N, 4H) array per direction;
-    ``dh_cand`` (the cotangent of each projected output, (T, N, P) per direction) only with a
-    projection, else ``()``.
-    """
-    # Valid steps form a prefix of each sequence, so the state entering a valid step t is the
-    # candidate of step t - 1 (or the initial state): no carries need saving.
-    c_prev = jnp.concatenate([c0[None], c_new[:-1]])
-    directions = len(d_ys)
-
-    def step(carry: State, inputs):
-        dh, dc = carry
-        dy, t_s, c_s, c_p, v = inputs
-        dy = jnp.stack(dy)
-        if v is None:
-            dh_cand, dc_cand = dh + dy, dc
-        else:
-            keep = v[None, :, None]
-            dh_cand = jnp.where(keep, dh + dy, jnp.zeros_like(dh))
-            dc_cand = jnp.where(keep, dc, jnp.zeros_like(dc))
-        dr = dh_cand
-        if w_hr_t is not None:
-            dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
-        d_gates, dc_prev = _cell_activate_vjp(t_s, c_s, c_p, dr, dc_cand)
-        if v is not None:
-            # Select, never multiply by zero: a step past a sequence's end may hold an
-            # infinite state, and 0 * inf would turn torch's inf gradients into NaN.
-            d_gates = jnp.where(keep, d_gates, jnp.zeros_like(d_gates))
-        dh_prev = jnp.einsum("dng,dpg->dnp", d_gates, w_hh_t, precision=precision)
-        if v is not None:
-            dh_prev = jnp.where(keep, dh_prev, dh)
-            dc_prev = jnp.where(keep, dc_prev, dc)
-        per_direction = tuple(d_gates[d] for d in range(directions))
-        kept = tuple(dh_cand[d] for d in range(directions)) if w_hr_t is not None else ()
-        return (dh_prev, dc_prev), (per_direction, kept)
-
-    (d_h0, d_c0), (d_gates, dh_cand) = jax.lax.scan(
-        step, (d_h_last, d_c_last), (tuple(d_ys), t, c_new, c_prev, valid), reverse=True,
-        unroll=unroll,
-    )
-    return d_gates, dh_cand, d_h0, d_c0
-
-
-def _recurrent_weight_grads(t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision):
-    """``W_hh`` (and ``W_hr``) gradients as one GEMM each over all steps and sequences."""
-    d_w_hh_t = jnp.stack([
-        jnp.einsum("tnp,tng->pg", jnp.concatenate([h0[d][None], y[:-1]]), dg, precision=precision)
-        for d, (y, dg) in enumerate(zip(ys, d_gates))
-    ])
-    if w_hr_t is None:
-        return d_w_hh_t, None
-    t_o = jnp.split(t, 4, axis=-1)[3]
-    r = (0.5 * t_o + 0.5) * jnp.tanh(c_new)
-    if valid is not None:
-        r = jnp.where(valid[:, None, :, None], r, jnp.zeros_like(r))
-    return d_w_hh_t, jnp.stack([
-        jnp.einsum("tnh,tnp->hp", r[:, d], dhc, precision=precision)
-        for d, dhc in enumerate(dh_cand)
-    ])
+    return (y, carry), (saved, w_hh, w_hr_t, valid, bias is not None)
 
 
 def _recurrence_bwd(precision, unroll, residuals, cotangents):
-    t, c_new, ys, h0, c0, w_hh_t, w_hr_t, valid, has_bias = residuals
-    d_ys, (d_h_last, d_c_last) = cotangents
-    d_gates, dh_cand, d_h0, d_c0 = _backward_scan(
-        t, c_new, c0, w_hh_t, w_hr_t, valid, d_ys, d_h_last, d_c_last, precision, unroll
+    saved, w_hh, w_hr_t, valid, has_bias = residuals
+    d_y, (d_h_last, d_c_last) = cotangents
+    d_gates, dh_cand, d_h0, d_c0 = _backward_loop(
+        saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll
     )
-    d_w_hh_t, d_w_hr_t = _recurrent_weight_grads(
-        t, c_new, ys, h0, d_gates, dh_cand, w_hr_t, valid, precision
-    )
+    d_w_hh, d_w_hr_t = _recurrent_weight_grads(saved, d_gates, dh_cand, precision)
     d_bias = _bias_grad(d_gates) if has_bias else None
-    return d_gates, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
-
-
-def _bias_grad(d_gates) -> Array:
-    return jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
+    return d_gates, d_bias, d_h0, d_c0, d_w_hh, d_w_hr_t, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def _project(readings, w_ih_t: Array, precision: Any) -> tuple[Array, ...]:
+def _project(inputs, w_ih: Array, precision: Any) -> tuple[Array, ...]:
     """Each direction's scaled input projections for all steps in one GEMM: (T, N, I) ->
-    (T, N, 4H), row-major, so the scan reads them without a transpose."""
-    return tuple(jnp.dot(r, w_ih_t[d], precision=precision) for d, r in enumerate(readings))
+    (T, N, 4H) with ``w_ih`` (D, 4H, I) in torch's layout. ``inputs`` is one array for all
+    directions, or one per direction."""
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,) * w_ih.shape[0]
+    return tuple(
+        jnp.einsum("tni,gi->tng", x, w, precision=precision) for x, w in zip(inputs, w_ih)
+    )
 
 
-def _chunked(arrays, valid, chunk):
-    """Pad time to a multiple of ``chunk`` (padding is invalid) and split it into chunks:
-    each (T, N, F) array becomes (T / chunk, chunk, N, F)."""
-    steps, batch = arrays[0].shape[:2]
+def _chunked(x: Array, valid: Array | None, chunk: int) -> tuple[Array, Array]:
+    """Pad time to a multiple of ``chunk`` (the padding is invalid) and split it into chunks:
+    (T, N, F) -> (T / chunk, chunk, N, F), valid (T, N) -> (T / chunk, chunk, N)."""
+    steps, batch = x.shape[:2]
     chunks = -(-steps // chunk)
     pad = chunks * chunk - steps
-    if pad and valid is None:
+    if valid is None:
         valid = jnp.ones((steps, batch), bool)
-    arrays = tuple(
-        jnp.pad(a, [(0, pad), (0, 0), (0, 0)]).reshape(chunks, chunk, *a.shape[1:])
-        for a in arrays
-    )
-    if valid is not None:
-        valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
-    return arrays, valid
+    x = jnp.pad(x, [(0, pad), (0, 0), (0, 0)]).reshape(chunks, chunk, *x.shape[1:])
+    valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
+    return x, valid
 
 
-def _unchunked(arrays, steps: int):
-    return tuple(a.reshape(-1, *a.shape[2:])[:steps] for a in arrays)
+def _by_direction(chunks: Array, directions: int) -> tuple[Array, ...]:
+    """Chunked arrays in the order each direction visits them: the reverse direction works on
+    the last chunk while the forward one works on the first."""
+    return (chunks, chunks[::-1])[:directions]
+
+
+def _swap_reverse_chunks(y: Array, directions: int) -> Array:
+    """Chunked layer outputs (K, C, N, D*P) between time order and loop order: the reverse
+    direction's columns of loop step k belong to chunk K-1-k. The map is its own inverse."""
+    if directions == 1:
+        return y
+    width = y.shape[-1] // 2
+    return jnp.concatenate([y[..., :width], y[::-1, ..., width:]], axis=-1)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _remat_layer(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
+def _remat_layer(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk):
     """Projection + recurrence of one layer keeping only chunk-boundary states for the backward
     pass, which recomputes each chunk's forward: activation memory ~ (T / chunk + chunk) steps.
 
-    Arguments as :func:`_recurrence`, with ``readings`` the unprojected (T, N, I) input of each
-    direction and ``w_ih_t`` (D, I, 4H).
+    Arguments as :func:`_recurrence`, with ``x`` the unprojected (T, N, I) layer input,
+    ``w_ih`` (D, 4H, I) and ``valid`` one (T, N) array or ``None``.
     """
-    gates_x = _project(readings, w_ih_t, precision)
-    ys, carry, _ = _forward_scan(
-        gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, False
+    directions = w_ih.shape[0]
+    valid = None if valid is None else (valid,) * directions
+    y, carry, _ = _forward_loop(
+        _project(x, w_ih, precision), bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid,
+        precision, unroll, False,
     )
-    return ys, carry
+    return y, carry
 
 
-def _remat_layer_fwd(readings, w_ih_t, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll,
-                     chunk):
-    chunks, valid_chunks = _chunked(readings, valid, chunk)
+def _remat_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk):
+    directions = w_ih.shape[0]
+    chunks, valid_chunks = _chunked(x, valid, chunk)
+    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
 
     def run_chunk(carry, inputs):
-        part, v = inputs
-        gates_x = _project(part, w_ih_t, precision)
-        ys, new_carry, _ = _forward_scan(gates_x, bias, *carry, w_hh_t, w_hr_t, v, precision,
-                                         unroll, False)
-        return new_carry, (ys, carry)
+        parts, v = inputs
+        y, new_carry, _ = _forward_loop(_project(parts, w_ih, precision), bias, *carry, w_hh_t,
+                                        w_hr_t, v, precision, unroll, False)
+        return new_carry, (y, carry)
 
-    carry, (ys, starts) = jax.lax.scan(run_chunk, (h0, c0), (chunks, valid_chunks))
-    ys = _unchunked(ys, readings[0].shape[0])
-    return (ys, carry), (readings, w_ih_t, bias, starts, w_hh_t, w_hr_t, valid)
+    carry, (ys, starts) = jax.lax.scan(
+        run_chunk, (h0, c0),
+        (_by_direction(chunks, directions), _by_direction(valid_chunks, directions)),
+    )
+    ys = _swap_reverse_chunks(ys, directions)
+    y = ys.reshape(-1, *ys.shape[2:])[: x.shape[0]]
+    return (y, carry), (x, w_ih, bias, starts, w_hh, w_hr_t, valid)
 
 
 def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
-    readings, w_ih_t, bias, starts, w_hh_t, w_hr_t, valid = residuals
-    d_ys, (d_h_last, d_c_last) = cotangents
-    chunks, valid_chunks = _chunked(readings, valid, chunk)
-    d_ys, _ = _chunked(d_ys, None, chunk)
+    x, w_ih, bias, starts, w_hh, w_hr_t, valid = residuals
+    d_y, (d_h_last, d_c_last) = cotangents
+    directions = w_ih.shape[0]
+    chunks, valid_chunks = _chunked(x, valid, chunk)
+    d_ys, _ = _chunked(d_y, None, chunk)
+    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
 
     def run_chunk(carry, inputs):
-        (dh, dc), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t) = carry
-        part, v, dy, (h_s, c_s) = inputs
-        gates_x = _project(part, w_ih_t, precision)
-        ys, _, (t, c_new) = _forward_scan(gates_x, bias, h_s, c_s, w_hh_t, w_hr_t, v, precision,
-                                          unroll, True)
-        d_gates, dh_cand, dh, dc = _backward_scan(
-            t, c_new, c_s, w_hh_t, w_hr_t, v, dy, dh, dc, precision, unroll
+        (dh, dc), (d_w_ih, d_bias, d_w_hh, d_w_hr_t) = carry
+        parts, v, dy, (h_s, c_s) = inputs
+        _, _, saved = _forward_loop(_project(parts, w_ih, precision), bias, h_s, c_s, w_hh_t,
+                                    w_hr_t, v, precision, unroll, True)
+        d_gates, dh_cand, dh, dc = _backward_loop(
+            saved, w_hh, w_hr_t, v, dy, dh, dc, precision, unroll
         )
-        hh, hr = _recurrent_weight_grads(t, c_new, ys, h_s, d_gates, dh_cand, w_hr_t, v,
-                                         precision)
-        d_w_hh_t = d_w_hh_t + hh
+        hh, hr = _recurrent_weight_grads(saved, d_gates, dh_cand, precision)
+        d_w_hh = d_w_hh + hh
         if w_hr_t is not None:
             d_w_hr_t = d_w_hr_t + hr
-        d_w_ih_t = d_w_ih_t + jnp.stack([
-            jnp.einsum("tni,tng->ig", r, dg, precision=precision)
-            for r, dg in zip(part, d_gates)
+        d_w_ih = d_w_ih + jnp.stack([
+            jnp.einsum("tng,tni->gi", dg, part, precision=precision)
+            for dg, part in zip(d_gates, parts)
         ])
         if bias is not None:
             d_bias = d_bias + _bias_grad(d_gates)
-        d_part = tuple(
-            jnp.dot(dg, w_ih_t[d].T, precision=precision) for d, dg in enumerate(d_gates)
+        d_parts = tuple(
+            jnp.einsum("tng,gi->tni", dg, w, precision=precision) for dg, w in zip(d_gates, w_ih)
         )
-        return ((dh, dc), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t)), d_part
+        return ((dh, dc), (d_w_ih, d_bias, d_w_hh, d_w_hr_t)), d_parts
 
-    zeros = (jnp.zeros_like(w_ih_t), None if bias is None else jnp.zeros_like(bias),
-             jnp.zeros_like(w_hh_t), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
-    ((d_h0, d_c0), (d_w_ih_t, d_bias, d_w_hh_t, d_w_hr_t)), d_chunks = jax.lax.scan(
-        run_chunk, ((d_h_last, d_c_last), zeros), (chunks, valid_chunks, d_ys, starts),
-        reverse=True,
+    zeros = (jnp.zeros_like(w_ih), None if bias is None else jnp.zeros_like(bias),
+             jnp.zeros_like(w_hh), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
+    inputs = (
+        _by_direction(chunks, directions), _by_direction(valid_chunks, directions),
+        _swap_reverse_chunks(d_ys, directions), starts,
     )
-    d_readings = _unchunked(d_chunks, readings[0].shape[0])
-    return d_readings, d_w_ih_t, d_bias, d_h0, d_c0, d_w_hh_t, d_w_hr_t, None
+    ((d_h0, d_c0), (d_w_ih, d_bias, d_w_hh, d_w_hr_t)), d_parts = jax.lax.scan(
+        run_chunk, ((d_h_last, d_c_last), zeros), inputs, reverse=True,
+    )
+    # Each direction's input gradients come back in its own chunk order.
+    d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1][::-1]
+    d_x = d_x.reshape(-1, *d_x.shape[2:])[: x.shape[0]]
+    return d_x, d_w_ih, d_bias, d_h0, d_c0, d_w_hh, d_w_hr_t, None
 
 
 _remat_layer.defvjp(_remat_layer_fwd, _remat_layer_bwd)
-
-
-def reverse_in_time(x: Array, seq_lengths: Array | None) -> Array:
-    """Reverse time-major ``x`` (T, N, ...) along time, each sequence within its own length.
-
-    Steps past a sequence's length stay where they are. The map is its own inverse.
-    """
-    if seq_lengths is None:
-        return x[::-1]
-    steps = jnp.arange(x.shape[0])[:, None]
-    index = jnp.where(steps < seq_lengths[None, :], seq_lengths[None, :] - 1 - steps, steps)
-    index = index.reshape(index.shape + (1,) * (x.ndim - 2))
-    return jnp.take_along_axis(x, index, axis=0)
 
 
 def _dropout(x: Array, rate: float, key: Array) -> Array:
@@ -389,19 +467,21 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
 
 
 def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, dtype: Any):
-    """Stack one layer's weights over directions, scaled and arranged once for the scan."""
+    """One layer's weights stacked over directions in torch's layout, gate rows scaled:
+    ``w_ih`` (D, 4H, I), ``w_hh`` (D, 4H, P), ``bias`` (D, 4H) or ``None``, and the projection
+    transposed, ``w_hr_t`` (D, H, P) or ``None``."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
-    scale = gate_scale(config.hidden_size, dtype)
-    w_ih_t = jnp.stack([params[f"weight_ih{s}"].T for s in sfx]).astype(dtype) * scale
-    w_hh_t = jnp.stack([params[f"weight_hh{s}"].T for s in sfx]).astype(dtype) * scale
+    scale = gate_scale(config.hidden_size, dtype)[:, None]
+    w_ih = jnp.stack([params[f"weight_ih{s}"] for s in sfx]).astype(dtype) * scale
+    w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype) * scale
     bias = None
     if config.bias:
         bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx])
-        bias = bias.astype(dtype) * scale
+        bias = bias.astype(dtype) * scale[:, 0]
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
-    return w_ih_t, w_hh_t, bias, w_hr_t
+    return w_ih, w_hh, bias, w_hr_t
 
 
 @partial(
@@ -437,27 +517,21 @@ def _lstm_time_major(
     c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
     h_n, c_n = [], []
     for layer in range(config.num_layers):
-        w_ih_t, w_hh_t, bias, w_hr_t = _layer_weights(params, config, layer, dtype)
-        if valid is not None:
-            # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient.
+        w_ih, w_hh, bias, w_hr_t = _layer_weights(params, config, layer, dtype)
+        if valid is not None and layer == 0:
+            # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient;
+            # every layer's output is already zero there.
             layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
-        readings = [layer_input]
-        if directions == 2:
-            readings.append(reverse_in_time(layer_input, seq_lengths))
         if remat:
-            ys, (h_last, c_last) = _remat_layer(
-                tuple(readings), w_ih_t, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid,
+            layer_input, (h_last, c_last) = _remat_layer(
+                layer_input, w_ih, bias, h0[layer], c0[layer], w_hh, w_hr_t, valid,
                 precision, unroll, remat,
             )
         else:
-            gates_x = _project(readings, w_ih_t, precision)
-            ys, (h_last, c_last) = _recurrence(
-                gates_x, bias, h0[layer], c0[layer], w_hh_t, w_hr_t, valid, precision, unroll
+            layer_input, (h_last, c_last) = _recurrence(
+                _project(layer_input, w_ih, precision), bias, h0[layer], c0[layer], w_hh,
+                w_hr_t, None if valid is None else (valid,) * directions, precision, unroll,
             )
-        outputs = [ys[0]]
-        if directions == 2:
-            outputs.append(reverse_in_time(ys[1], seq_lengths))
-        layer_input = jnp.concatenate(outputs, axis=-1) if directions == 2 else outputs[0]
         h_n.append(h_last)
         c_n.append(c_last)
         last = layer == config.num_layers - 1
