@@ -260,8 +260,9 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
 def _recurrent_weight_grads(saved, d_gates, dh_cand, precision):
     """``W_hh`` (torch's layout) and ``W_hr^T`` gradients, one GEMM each over all steps."""
     _, h_prev, _, r_buf = saved
+    # Contracted as h^T dG and transposed after: XLA then lays out the narrower operand.
     d_w_hh = jnp.stack([
-        jnp.einsum("tng,tnp->gp", dg, hp, precision=precision) for dg, hp in zip(d_gates, h_prev)
+        jnp.einsum("tnp,tng->gp", hp, dg, precision=precision) for dg, hp in zip(d_gates, h_prev)
     ])
     if not dh_cand:
         return d_w_hh, None
