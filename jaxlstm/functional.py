@@ -130,23 +130,23 @@ def _put_rows(buffers, rows: Array, step: Array, steps: int) -> tuple[Array, ...
     )
 
 
-def _columns(y: Array, step: Array, steps: int, directions: int) -> Array:
+def _columns(y: Array, step: Array, directions: int) -> Array:
     """Each direction's block of a layer output (T, N, D*P) at its own time -> (D, N, P)."""
     width = y.shape[-1] // directions
     zero = jnp.zeros_like(step)
     return jnp.stack([
-        jax.lax.dynamic_slice(y, (_time(d, step, steps), zero, zero + d * width),
+        jax.lax.dynamic_slice(y, (_time(d, step, y.shape[0]), zero, zero + d * width),
                               (1, y.shape[1], width))[0]
         for d in range(directions)
     ])
 
 
-def _put_columns(y: Array, blocks: Array, step: Array, steps: int) -> Array:
+def _put_columns(y: Array, blocks: Array, step: Array) -> Array:
     """Write ``blocks`` (D, N, P) into the layer output (T, N, D*P): direction ``d`` fills
     columns ``d*P .. (d+1)*P`` at its own time, the layout torch's output has."""
     zero = jnp.zeros_like(step)
     for d in range(blocks.shape[0]):
-        index = (_time(d, step, steps), zero, zero + d * blocks.shape[-1])
+        index = (_time(d, step, y.shape[0]), zero, zero + d * blocks.shape[-1])
         y = jax.lax.dynamic_update_slice(y, blocks[d][None], index)
     return y
 
@@ -155,7 +155,8 @@ def _masked(x: Array, keep: Array | None) -> Array:
     return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
 
 
-def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save):
+def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save,
+                  y=None, offset=0):
     """The recurrence of D directions in one loop.
 
     ``gates_x`` holds one (T, N, 4H) buffer per direction in natural time order; with ``save``
@@ -164,12 +165,16 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
     output: what the backward pass needs, ``(t, h_prev, c_prev, r)`` per direction.
     Returns ``(y, (h_T, c_T), saved)`` with ``y`` the layer output (T, N, D*P), zero at invalid
     steps. The bias is added inside the step, fused with the step's other elementwise work.
+
+    Given ``y``, the loop writes into it instead, as steps ``offset .. offset+T-1`` of a longer
+    sequence: a chunk of a layer, whose output then needs no assembling.
     """
     steps, batch = gates_x[0].shape[:2]
     directions = len(gates_x)
     dtype = h0.dtype
     bias = None if bias is None else bias[:, None, :]
-    y = jnp.zeros((steps, batch, directions * h0.shape[-1]), dtype)
+    if y is None:
+        y = jnp.zeros((steps, batch, directions * h0.shape[-1]), dtype)
 
     def buffers(width):
         return tuple(jnp.zeros((steps, batch, width), dtype) for _ in range(directions))
@@ -194,7 +199,7 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
             carry = (h_new, c_new)
         else:
             carry = (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c))
-        y = _put_columns(y, _masked(h_new, keep), step, steps)
+        y = _put_columns(y, _masked(h_new, keep), offset + step)
         if save:
             t_buf, h_prev, c_prev, r_buf = saved
             saved = (
@@ -209,13 +214,16 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
     return y, carry, saved
 
 
-def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll):
+def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll,
+                   offset=0):
     """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
 
     ``saved`` is :func:`_forward_loop`'s; its ``t`` buffers are overwritten in place by the
     gate gradients. ``w_hh`` is (D, 4H, P), torch's layout. Returns ``(d_gates, dh_cand, d_h0,
     d_c0)``: ``d_gates`` one (T, N, 4H) buffer per direction; ``dh_cand`` (the cotangent of each
-    projected output, (T, N, P) per direction) only with a projection, else ``()``.
+    projected output, (T, N, P) per direction) only with a projection, else ``()``. ``d_y``
+    may be that of a longer sequence whose steps ``offset ..`` these are, as in
+    :func:`_forward_loop`.
     """
     t_buf, _, c_prev, _ = saved
     steps, batch = t_buf[0].shape[:2]
@@ -230,7 +238,7 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
         (dh, dc), t, g_buf, dh_buf = state
         c_p = _rows(c_prev, step, steps)
         keep = None if valid is None else _rows(valid, step, steps)[:, :, None]
-        dh_cand = _masked(dh + _columns(d_y, step, steps, directions), keep)
+        dh_cand = _masked(dh + _columns(d_y, offset + step, directions), keep)
         dc_cand = _masked(dc, keep)
         dr = dh_cand
         if w_hr_t is not None:
@@ -257,82 +265,37 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
     return d_gates, dh_cand, d_h0, d_c0
 
 
-def _recurrent_weight_grads(saved, d_gates, dh_cand, precision):
-    """``W_hh`` (torch's layout) and ``W_hr^T`` gradients, one GEMM each over all steps."""
+def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc, precision,
+                 unroll, offset=0):
+    """Backward of one layer over the steps that ``saved`` covers (all of them, or a chunk).
+
+    ``parts`` holds the layer input each direction read, (T, N, I) each. Returns ``(d_parts,
+    (d_w_ih, d_bias, d_w_hh, d_w_hr_t), (dh, dc))``, the last being the cotangents of the
+    states entering the first step. The weight gradients are single GEMMs over all steps.
+    """
+    d_gates, dh_cand, dh, dc = _backward_loop(
+        saved, w_hh, w_hr_t, valid, d_y, dh, dc, precision, unroll, offset
+    )
     _, h_prev, _, r_buf = saved
     # Contracted as h^T dG and transposed after: XLA then lays out the narrower operand.
     d_w_hh = jnp.stack([
         jnp.einsum("tnp,tng->gp", hp, dg, precision=precision) for dg, hp in zip(d_gates, h_prev)
     ])
-    if not dh_cand:
-        return d_w_hh, None
-    return d_w_hh, jnp.stack([
-        jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision) for r, dhc in zip(r_buf, dh_cand)
+    d_w_hr_t = None
+    if dh_cand:
+        d_w_hr_t = jnp.stack([
+            jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision)
+            for r, dhc in zip(r_buf, dh_cand)
+        ])
+    d_w_ih = jnp.stack([
+        jnp.einsum("tng,tni->gi", dg, part, precision=precision)
+        for dg, part in zip(d_gates, parts)
     ])
-
-
-def _bias_grad(d_gates) -> Array:
-    return jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _recurrence(
-    gates_x: tuple[Array, ...],
-    bias: Array | None,
-    h0: Array,
-    c0: Array,
-    w_hh: Array,
-    w_hr_t: Array | None,
-    valid: tuple[Array, ...] | None,
-    precision: Any,
-    unroll: int,
-) -> tuple[Array, State]:
-    """Run D directions of one layer through time in one loop.
-
-    **Arguments:**
-
-    - ``gates_x``: one (T, N, 4H) array per direction: scaled input projections in natural time
-      order (the reverse direction reads them from the end); ``bias``: (D, 4H) scaled
-      ``b_ih + b_hh`` or ``None``.
-    - ``h0``: (D, N, P), ``c0``: (D, N, H) initial states.
-    - ``w_hh``: (D, 4H, P) scaled recurrent weights in torch's layout; ``w_hr_t``: (D, H, P)
-      or ``None``.
-    - ``valid``: one (T, N) bool array per direction, True where step t lies inside sequence
-      n, or ``None`` (all valid). Valid steps are a prefix of each sequence in time, so the
-      reverse direction, reading from the end, holds its initial state until it reaches a
-      sequence's last element: torch's ``PackedSequence`` semantics without reversing anything.
-
-    **Returns:** ``(y, (h_T, c_T))``: ``y`` the layer output (T, N, D*P), zero at invalid steps.
-
-    The backward pass is hand-scheduled: its loop carries only ``(dh, dc)`` and does one small
-    GEMM per step, writing the gate gradients over the saved activations in place; the weight
-    gradients are single large GEMMs over all steps after the loop.
-    """
-    y, carry, _ = _forward_loop(
-        gates_x, bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid, precision, unroll, False
+    d_bias = jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates]) if has_bias else None
+    d_parts = tuple(
+        jnp.einsum("tng,gi->tni", dg, w, precision=precision) for dg, w in zip(d_gates, w_ih)
     )
-    return y, carry
-
-
-def _recurrence_fwd(gates_x, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll):
-    y, carry, saved = _forward_loop(
-        gates_x, bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid, precision, unroll, True
-    )
-    return (y, carry), (saved, w_hh, w_hr_t, valid, bias is not None)
-
-
-def _recurrence_bwd(precision, unroll, residuals, cotangents):
-    saved, w_hh, w_hr_t, valid, has_bias = residuals
-    d_y, (d_h_last, d_c_last) = cotangents
-    d_gates, dh_cand, d_h0, d_c0 = _backward_loop(
-        saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll
-    )
-    d_w_hh, d_w_hr_t = _recurrent_weight_grads(saved, d_gates, dh_cand, precision)
-    d_bias = _bias_grad(d_gates) if has_bias else None
-    return d_gates, d_bias, d_h0, d_c0, d_w_hh, d_w_hr_t, None
-
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+    return d_parts, (d_w_ih, d_bias, d_w_hh, d_w_hr_t), (dh, dc)
 
 
 def _project(inputs, w_ih: Array, precision: Any) -> tuple[Array, ...]:
@@ -346,118 +309,183 @@ def _project(inputs, w_ih: Array, precision: Any) -> tuple[Array, ...]:
     )
 
 
-def _chunked(x: Array, valid: Array | None, chunk: int) -> tuple[Array, Array]:
+def _each(valid: Array | None, directions: int) -> tuple[Array, ...] | None:
+    return None if valid is None else (valid,) * directions
+
+
+def _chunked(x: Array, valid: Array | None, chunk: int) -> tuple[Array, Array | None]:
     """Pad time to a multiple of ``chunk`` (the padding is invalid) and split it into chunks:
-    (T, N, F) -> (T / chunk, chunk, N, F), valid (T, N) -> (T / chunk, chunk, N)."""
+    (T, N, F) -> (K, chunk, N, F), valid (T, N) -> (K, chunk, N) (``None`` if it was and no
+    padding was needed)."""
     steps, batch = x.shape[:2]
     chunks = -(-steps // chunk)
     pad = chunks * chunk - steps
-    if valid is None:
+    if pad and valid is None:
         valid = jnp.ones((steps, batch), bool)
-    x = jnp.pad(x, [(0, pad), (0, 0), (0, 0)]).reshape(chunks, chunk, *x.shape[1:])
-    valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
+    if valid is not None:
+        valid = jnp.pad(valid, [(0, pad), (0, 0)]).reshape(chunks, chunk, batch)
     return x, valid
 
 
-def _by_direction(chunks: Array, directions: int) -> tuple[Array, ...]:
-    """Chunked arrays in the order each direction visits them: the reverse direction works on
-    the last chunk while the forward one works on the first."""
-    return (chunks, chunks[::-1])[:directions]
+def _chunk_parts(chunks: Array | None, k: Array, directions: int) -> tuple[Array, ...] | None:
+    """The chunk each direction works on at chunk-loop step ``k``: the forward direction goes
+    through chunks ``0 .. K-1``, the reverse one through ``K-1 .. 0``."""
+    if chunks is None:
+        return None
+    return tuple(
+        jax.lax.dynamic_index_in_dim(chunks, _time(d, k, chunks.shape[0]), keepdims=False)
+        for d in range(directions)
+    )
 
 
-def _swap_reverse_chunks(y: Array, directions: int) -> Array:
-    """Chunked layer outputs (K, C, N, D*P) between time order and loop order: the reverse
-    direction's columns of loop step k belong to chunk K-1-k. The map is its own inverse."""
-    if directions == 1:
-        return y
-    width = y.shape[-1] // 2
-    return jnp.concatenate([y[..., :width], y[::-1, ..., width:]], axis=-1)
+def _chunked_forward(x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
+    """Projection and recurrence of one layer a chunk of ``chunk`` steps at a time, so that only
+    one chunk's projections exist at once. Returns ``(y, (h_T, c_T), starts)``: ``starts`` are
+    the states entering each chunk-loop step."""
+    directions = w_ih.shape[0]
+    chunks, valid_chunks = _chunked(x, valid, chunk)
+    y = jnp.zeros((chunks.shape[0] * chunk, x.shape[1], directions * h0.shape[-1]), h0.dtype)
+
+    def run_chunk(state, k):
+        carry, y = state
+        gates_x = _project(_chunk_parts(chunks, k, directions), w_ih, precision)
+        y, new_carry, _ = _forward_loop(
+            gates_x, bias, *carry, w_hh_t, w_hr_t, _chunk_parts(valid_chunks, k, directions),
+            precision, unroll, False, y, k * chunk,
+        )
+        return (new_carry, y), carry
+
+    (carry, y), starts = jax.lax.scan(run_chunk, ((h0, c0), y), jnp.arange(chunks.shape[0]))
+    return y[: x.shape[0]], carry, starts
+
+
+# Rows (steps x batch) of input projection per chunk of the forward-only pass: enough for the
+# GEMM to run at full speed, few enough that the projections of a long sequence do not all have
+# to exist at once (fresh memory costs page faults on every call).
+_CHUNK_ROWS = 1024
+
+
+def _inference_chunk(steps: int, batch: int) -> int:
+    """The chunk length of the forward-only pass (``steps``: no chunks), dividing ``steps``
+    where a near choice does so that no step is padding."""
+    target = round(steps * batch / _CHUNK_ROWS)
+    if target <= 1:
+        return steps
+    for chunks in range(target, 2 * target + 1):
+        if steps % chunks == 0:
+            return steps // chunks
+    return -(-steps // target)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _remat_layer(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk):
-    """Projection + recurrence of one layer keeping only chunk-boundary states for the backward
-    pass, which recomputes each chunk's forward: activation memory ~ (T / chunk + chunk) steps.
+def _layer(
+    x: Array,
+    w_ih: Array,
+    bias: Array | None,
+    h0: Array,
+    c0: Array,
+    w_hh: Array,
+    w_hr_t: Array | None,
+    valid: Array | None,
+    precision: Any,
+    unroll: int,
+    remat: int,
+) -> tuple[Array, State]:
+    """One layer, D directions: input projection and recurrence.
 
-    Arguments as :func:`_recurrence`, with ``x`` the unprojected (T, N, I) layer input,
-    ``w_ih`` (D, 4H, I) and ``valid`` one (T, N) array or ``None``.
+    **Arguments:**
+
+    - ``x``: (T, N, I) layer input; ``w_ih``: (D, 4H, I) and ``w_hh``: (D, 4H, P) scaled
+      weights in torch's layout; ``bias``: (D, 4H) scaled ``b_ih + b_hh`` or ``None``;
+      ``w_hr_t``: (D, H, P) or ``None``.
+    - ``h0``: (D, N, P), ``c0``: (D, N, H) initial states.
+    - ``valid``: (T, N) bool, True where step t lies inside sequence n, or ``None`` (all
+      valid). Valid steps are a prefix of each sequence, so the reverse direction, reading
+      from the end, holds its initial state until it reaches a sequence's last element:
+      torch's ``PackedSequence`` semantics without reversing anything.
+    - ``remat``: 0 saves every step for the backward pass; a chunk length keeps only the
+      states at chunk boundaries and recomputes each chunk's forward in the backward pass.
+
+    **Returns:** ``(y, (h_T, c_T))``: ``y`` the layer output (T, N, D*P), zero at invalid steps.
+
+    The forward-only pass projects the input a chunk at a time (:func:`_inference_chunk`). The
+    backward pass is hand-scheduled: its loop carries only ``(dh, dc)`` and does one small GEMM
+    per step, writing the gate gradients over the saved activations in place; the weight and
+    input gradients are single large GEMMs over all steps after the loop.
     """
     directions = w_ih.shape[0]
-    valid = None if valid is None else (valid,) * directions
-    y, carry, _ = _forward_loop(
-        _project(x, w_ih, precision), bias, h0, c0, jnp.swapaxes(w_hh, 1, 2), w_hr_t, valid,
-        precision, unroll, False,
-    )
+    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
+    chunk = _inference_chunk(*x.shape[:2])
+    if chunk < x.shape[0]:
+        y, carry, _ = _chunked_forward(
+            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk
+        )
+    else:
+        y, carry, _ = _forward_loop(
+            _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t,
+            _each(valid, directions), precision, unroll, False,
+        )
     return y, carry
 
 
-def _remat_layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk):
+def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, remat):
+    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
+    if remat:
+        y, carry, saved = _chunked_forward(
+            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, remat
+        )
+    else:
+        y, carry, saved = _forward_loop(
+            _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t,
+            _each(valid, w_ih.shape[0]), precision, unroll, True,
+        )
+    return (y, carry), (x, w_ih, bias, w_hh, w_hr_t, valid, saved)
+
+
+def _layer_bwd(precision, unroll, remat, residuals, cotangents):
+    x, w_ih, bias, w_hh, w_hr_t, valid, saved = residuals
+    d_y, (dh, dc) = cotangents
     directions = w_ih.shape[0]
-    chunks, valid_chunks = _chunked(x, valid, chunk)
+    if not remat:
+        d_parts, grads, (dh, dc) = _layer_grads(
+            (x,) * directions, w_ih, w_hh, w_hr_t, bias is not None, saved,
+            _each(valid, directions), d_y, dh, dc, precision, unroll,
+        )
+        d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1]
+        return (d_x, grads[0], grads[1], dh, dc, grads[2], grads[3], None)
+
+    chunks, valid_chunks = _chunked(x, valid, remat)
+    d_y = jnp.pad(d_y, [(0, chunks.shape[0] * remat - x.shape[0]), (0, 0), (0, 0)])
     w_hh_t = jnp.swapaxes(w_hh, 1, 2)
 
     def run_chunk(carry, inputs):
-        parts, v = inputs
-        y, new_carry, _ = _forward_loop(_project(parts, w_ih, precision), bias, *carry, w_hh_t,
-                                        w_hr_t, v, precision, unroll, False)
-        return new_carry, (y, carry)
-
-    carry, (ys, starts) = jax.lax.scan(
-        run_chunk, (h0, c0),
-        (_by_direction(chunks, directions), _by_direction(valid_chunks, directions)),
-    )
-    ys = _swap_reverse_chunks(ys, directions)
-    y = ys.reshape(-1, *ys.shape[2:])[: x.shape[0]]
-    return (y, carry), (x, w_ih, bias, starts, w_hh, w_hr_t, valid)
-
-
-def _remat_layer_bwd(precision, unroll, chunk, residuals, cotangents):
-    x, w_ih, bias, starts, w_hh, w_hr_t, valid = residuals
-    d_y, (d_h_last, d_c_last) = cotangents
-    directions = w_ih.shape[0]
-    chunks, valid_chunks = _chunked(x, valid, chunk)
-    d_ys, _ = _chunked(d_y, None, chunk)
-    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
-
-    def run_chunk(carry, inputs):
-        (dh, dc), (d_w_ih, d_bias, d_w_hh, d_w_hr_t) = carry
-        parts, v, dy, (h_s, c_s) = inputs
-        _, _, saved = _forward_loop(_project(parts, w_ih, precision), bias, h_s, c_s, w_hh_t,
-                                    w_hr_t, v, precision, unroll, True)
-        d_gates, dh_cand, dh, dc = _backward_loop(
-            saved, w_hh, w_hr_t, v, dy, dh, dc, precision, unroll
+        states, totals = carry
+        k, start = inputs
+        parts = _chunk_parts(chunks, k, directions)
+        v = _chunk_parts(valid_chunks, k, directions)
+        _, _, chunk_saved = _forward_loop(
+            _project(parts, w_ih, precision), bias, *start, w_hh_t, w_hr_t, v, precision,
+            unroll, True,
         )
-        hh, hr = _recurrent_weight_grads(saved, d_gates, dh_cand, precision)
-        d_w_hh = d_w_hh + hh
-        if w_hr_t is not None:
-            d_w_hr_t = d_w_hr_t + hr
-        d_w_ih = d_w_ih + jnp.stack([
-            jnp.einsum("tng,tni->gi", dg, part, precision=precision)
-            for dg, part in zip(d_gates, parts)
-        ])
-        if bias is not None:
-            d_bias = d_bias + _bias_grad(d_gates)
-        d_parts = tuple(
-            jnp.einsum("tng,gi->tni", dg, w, precision=precision) for dg, w in zip(d_gates, w_ih)
+        d_parts, grads, states = _layer_grads(
+            parts, w_ih, w_hh, w_hr_t, bias is not None, chunk_saved, v, d_y, *states,
+            precision, unroll, k * remat,
         )
-        return ((dh, dc), (d_w_ih, d_bias, d_w_hh, d_w_hr_t)), d_parts
+        return (states, jax.tree.map(jnp.add, totals, grads)), d_parts
 
     zeros = (jnp.zeros_like(w_ih), None if bias is None else jnp.zeros_like(bias),
              jnp.zeros_like(w_hh), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
-    inputs = (
-        _by_direction(chunks, directions), _by_direction(valid_chunks, directions),
-        _swap_reverse_chunks(d_ys, directions), starts,
+    ((dh, dc), grads), d_parts = jax.lax.scan(
+        run_chunk, ((dh, dc), zeros), (jnp.arange(chunks.shape[0]), saved), reverse=True
     )
-    ((d_h0, d_c0), (d_w_ih, d_bias, d_w_hh, d_w_hr_t)), d_parts = jax.lax.scan(
-        run_chunk, ((d_h_last, d_c_last), zeros), inputs, reverse=True,
-    )
-    # Each direction's input gradients come back in its own chunk order.
+    # Each direction's input gradients come back in the order it visited the chunks.
     d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1][::-1]
     d_x = d_x.reshape(-1, *d_x.shape[2:])[: x.shape[0]]
-    return d_x, d_w_ih, d_bias, d_h0, d_c0, d_w_hh, d_w_hr_t, None
+    return (d_x, grads[0], grads[1], dh, dc, grads[2], grads[3], None)
 
 
-_remat_layer.defvjp(_remat_layer_fwd, _remat_layer_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 def _dropout(x: Array, rate: float, key: Array) -> Array:
@@ -523,16 +551,10 @@ def _lstm_time_major(
             # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient;
             # every layer's output is already zero there.
             layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
-        if remat:
-            layer_input, (h_last, c_last) = _remat_layer(
-                layer_input, w_ih, bias, h0[layer], c0[layer], w_hh, w_hr_t, valid,
-                precision, unroll, remat,
-            )
-        else:
-            layer_input, (h_last, c_last) = _recurrence(
-                _project(layer_input, w_ih, precision), bias, h0[layer], c0[layer], w_hh,
-                w_hr_t, None if valid is None else (valid,) * directions, precision, unroll,
-            )
+        layer_input, (h_last, c_last) = _layer(
+            layer_input, w_ih, bias, h0[layer], c0[layer], w_hh, w_hr_t, valid, precision,
+            unroll, remat,
+        )
         h_n.append(h_last)
         c_n.append(c_last)
         last = layer == config.num_layers - 1

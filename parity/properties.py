@@ -168,8 +168,10 @@ def compiler_options() -> dict:
 
 
 @functools.cache
-def _grad_fn(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool):
-    """``jit(grad)`` of the parity loss for one config; jit's own cache handles the shapes."""
+def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool):
+    """``jit(grad)`` of the parity loss for one config, and ``jit`` of the forward pass alone
+    (a separate code path: it never saves anything for a backward pass); jit's own cache
+    handles the shapes."""
 
     def loss_fn(params, x, hx, seq_lengths, cotangents):
         if isinstance(config, LSTMCellConfig):
@@ -183,8 +185,10 @@ def _grad_fn(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
         loss = sum(jnp.sum(cotangents[k] * v) for k, v in outputs.items())
         return loss, outputs
 
-    return jax.jit(jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True),
+    grad = jax.jit(jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True),
                    compiler_options=compiler_options())
+    forward = jax.jit(lambda *args: loss_fn(*args)[1], compiler_options=compiler_options())
+    return grad, forward
 
 
 def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) -> dict:
@@ -201,10 +205,11 @@ def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) 
     seq_lengths = inputs.seq_lengths
     if seq_lengths is not None and case.batch is None:
         seq_lengths = seq_lengths.reshape(())
-    (grad_params, grad_x, grad_hx), outputs = _grad_fn(config, case.unroll, case.remat or False)(
-        params, x, inputs.hx, seq_lengths, inputs.cotangents
-    )
+    grad, forward = _jax_fns(config, case.unroll, case.remat or False)
+    args = (params, x, inputs.hx, seq_lengths, inputs.cotangents)
+    (grad_params, grad_x, grad_hx), outputs = grad(*args)
     values = {k: np.asarray(v) for k, v in outputs.items()}
+    values.update({runner.forward_only(k): np.asarray(v) for k, v in forward(*args).items()})
     values["grad input"] = np.asarray(grad_x)
     if inputs.hx is not None:
         values["grad h0"], values["grad c0"] = np.asarray(grad_hx[0]), np.asarray(grad_hx[1])

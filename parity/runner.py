@@ -174,6 +174,17 @@ def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool)
     return values
 
 
+def forward_only(name: str) -> str:
+    """The key of an output computed by the forward pass alone, without any gradient."""
+    return f"{name} (forward only)"
+
+
+def with_forward_only(values: dict) -> dict:
+    """torch's values, each output also under its forward-only key."""
+    outputs = {forward_only(k): v for k, v in values.items() if not k.startswith("grad ")}
+    return {**values, **outputs}
+
+
 def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
     options = {"remat": case.remat} if case.kind == "lstm" else {}
     model = jaxlstm.from_torch(module, **options)
@@ -201,6 +212,9 @@ def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
     grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
     (grad_params, grad_x, grad_hx), outputs = grad_fn(params, x, hx)
     values = {k: np.asarray(v) for k, v in outputs.items()}
+    # The forward pass alone takes its own path (nothing saved for a backward pass): check it too.
+    forward = jax.jit(lambda params, x, hx: loss_fn(params, x, hx)[1])
+    values.update({forward_only(k): np.asarray(v) for k, v in forward(params, x, hx).items()})
     values["grad input"] = np.asarray(grad_x)
     if hx is not None:
         values["grad h0"], values["grad c0"] = np.asarray(grad_hx[0]), np.asarray(grad_hx[1])
@@ -210,7 +224,9 @@ def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
 
 
 def compare(case: Case, dtype: str, path: str, actual: dict, expected: dict) -> Result:
-    """Every tensor's error; one that only one side has counts as an infinite error."""
+    """Every tensor's error; one that only one side has counts as an infinite error. Each torch
+    output is also the expected value of the same output computed by the forward pass alone."""
+    expected = with_forward_only(expected)
     errors = {k: relative_error(actual[k], expected[k]) for k in expected if k in actual}
     errors.update({f"{k} (missing)": float("inf") for k in set(expected) ^ set(actual)})
     return Result(case, dtype, path, errors)
@@ -229,7 +245,7 @@ def check_against_float64(results: list[Result], actual: dict, module: torch.nn.
         inputs.seq_lengths,
         {k: v.astype(np.float64) for k, v in inputs.cotangents.items()},
     )
-    truth = run(module64, inputs64)
+    truth = with_forward_only(run(module64, inputs64))
     for result in results:
         for key in result.failing_against_torch:
             if key in truth:
