@@ -10,11 +10,12 @@ Equations (torch's, gates stacked along ``4H`` in the order i, f, g, o)::
     c'    = sigmoid(f) * c + sigmoid(i) * tanh(g)
     h'    = sigmoid(o) * tanh(c')              (h' <- h' W_hr^T when proj_size > 0)
 
-Schedule: each layer projects the whole input sequence in one GEMM before the recurrence, and
-both directions of a bidirectional layer advance together in one ``lax.scan`` (a batched matmul
-over the direction axis). Variable lengths follow torch's ``PackedSequence`` semantics: the
-reverse direction reads each sequence backwards from its own last valid element, states stop
-updating after a sequence's last step, outputs past it are ``padding_value``.
+Schedule: each layer projects its input with one GEMM per direction (the forward pass alone does
+so a chunk of steps at a time), and both directions of a bidirectional layer advance together in
+one loop (a batched matmul over the direction axis), the reverse one reading every buffer from the
+end. Variable lengths follow torch's ``PackedSequence`` semantics: the reverse direction starts
+at each sequence's own last valid element, states stop updating after a sequence's last step,
+outputs past it are ``padding_value``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ State = tuple[Array, Array]
 
 
 # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so one tanh over all 4H pre-activations computes every
-# gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact, so the
-# fast path folds the scale into the weights once per call instead of once per step.
+# gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact; the
+# sequence path applies it inside each step, fused with the step's other elementwise work, so
+# that the weights are used as they are (no scaled copies to make, or to differentiate through).
 _GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
 
 
@@ -173,6 +175,7 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
     directions = len(gates_x)
     dtype = h0.dtype
     bias = None if bias is None else bias[:, None, :]
+    scale = gate_scale(c0.shape[-1], dtype)
     if y is None:
         y = jnp.zeros((steps, batch, directions * h0.shape[-1]), dtype)
 
@@ -191,7 +194,7 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
         gates = row + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
         if bias is not None:
             gates = gates + bias
-        r, c_new, t = cell_activate(gates, c)
+        r, c_new, t = cell_activate(gates * scale, c)
         h_new = r
         if w_hr_t is not None:
             h_new = jnp.einsum("dnh,dhp->dnp", r, w_hr_t, precision=precision)
@@ -216,7 +219,7 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
 
 def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll,
                    offset=0):
-    """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's scaled gates.
+    """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's gates.
 
     ``saved`` is :func:`_forward_loop`'s; its ``t`` buffers are overwritten in place by the
     gate gradients. ``w_hh`` is (D, 4H, P), torch's layout. Returns ``(d_gates, dh_cand, d_h0,
@@ -228,6 +231,7 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
     t_buf, _, c_prev, _ = saved
     steps, batch = t_buf[0].shape[:2]
     directions = len(t_buf)
+    scale = gate_scale(c_prev[0].shape[-1], t_buf[0].dtype)
     dh_buf = ()
     if w_hr_t is not None:
         dh_buf = tuple(jnp.zeros((steps, batch, d_h_last.shape[-1]), d_h_last.dtype)
@@ -245,10 +249,10 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
             dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
         t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
         c_new = (0.5 * t_f + 0.5) * c_p + (0.5 * t_i + 0.5) * g
-        d_gates, dc_prev = _cell_activate_vjp(t, c_new, c_p, dr, dc_cand)
+        d_scaled, dc_prev = _cell_activate_vjp(t, c_new, c_p, dr, dc_cand)
         # Select, never multiply by zero: a step past a sequence's end may hold an infinite
         # state, and 0 * inf would turn torch's inf gradients into NaN.
-        d_gates = _masked(d_gates, keep)
+        d_gates = _masked(d_scaled * scale, keep)
         dh_prev = jnp.einsum("dng,dgp->dnp", d_gates, w_hh, precision=precision)
         if keep is not None:
             dh_prev = jnp.where(keep, dh_prev, dh)
@@ -287,7 +291,7 @@ def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc,
             jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision)
             for r, dhc in zip(r_buf, dh_cand)
         ])
-    d_w_ih = jnp.stack([
+    d_w_ih = tuple([
         jnp.einsum("tng,tni->gi", dg, part, precision=precision)
         for dg, part in zip(d_gates, parts)
     ])
@@ -298,12 +302,12 @@ def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc,
     return d_parts, (d_w_ih, d_bias, d_w_hh, d_w_hr_t), (dh, dc)
 
 
-def _project(inputs, w_ih: Array, precision: Any) -> tuple[Array, ...]:
-    """Each direction's scaled input projections for all steps in one GEMM: (T, N, I) ->
-    (T, N, 4H) with ``w_ih`` (D, 4H, I) in torch's layout. ``inputs`` is one array for all
-    directions, or one per direction."""
+def _project(inputs, w_ih, precision: Any) -> tuple[Array, ...]:
+    """Each direction's input projections for all steps in one GEMM: (T, N, I) -> (T, N, 4H),
+    with ``w_ih`` one (4H, I) weight per direction in torch's layout. ``inputs`` is one array
+    for all directions, or one per direction."""
     if not isinstance(inputs, tuple):
-        inputs = (inputs,) * w_ih.shape[0]
+        inputs = (inputs,) * len(w_ih)
     return tuple(
         jnp.einsum("tni,gi->tng", x, w, precision=precision) for x, w in zip(inputs, w_ih)
     )
@@ -343,7 +347,7 @@ def _chunked_forward(x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, un
     """Projection and recurrence of one layer a chunk of ``chunk`` steps at a time, so that only
     one chunk's projections exist at once. Returns ``(y, (h_T, c_T), starts)``: ``starts`` are
     the states entering each chunk-loop step."""
-    directions = w_ih.shape[0]
+    directions = len(w_ih)
     chunks, valid_chunks = _chunked(x, valid, chunk)
     y = jnp.zeros((chunks.shape[0] * chunk, x.shape[1], directions * h0.shape[-1]), h0.dtype)
 
@@ -381,7 +385,7 @@ def _inference_chunk(steps: int, batch: int) -> int:
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
 def _layer(
     x: Array,
-    w_ih: Array,
+    w_ih: tuple[Array, ...],
     bias: Array | None,
     h0: Array,
     c0: Array,
@@ -396,8 +400,8 @@ def _layer(
 
     **Arguments:**
 
-    - ``x``: (T, N, I) layer input; ``w_ih``: (D, 4H, I) and ``w_hh``: (D, 4H, P) scaled
-      weights in torch's layout; ``bias``: (D, 4H) scaled ``b_ih + b_hh`` or ``None``;
+    - ``x``: (T, N, I) layer input; ``w_ih``: one (4H, I) weight per direction and ``w_hh``:
+      (D, 4H, P), in torch's layout; ``bias``: (D, 4H) ``b_ih + b_hh`` or ``None``;
       ``w_hr_t``: (D, H, P) or ``None``.
     - ``h0``: (D, N, P), ``c0``: (D, N, H) initial states.
     - ``valid``: (T, N) bool, True where step t lies inside sequence n, or ``None`` (all
@@ -414,7 +418,7 @@ def _layer(
     per step, writing the gate gradients over the saved activations in place; the weight and
     input gradients are single large GEMMs over all steps after the loop.
     """
-    directions = w_ih.shape[0]
+    directions = len(w_ih)
     w_hh_t = jnp.swapaxes(w_hh, 1, 2)
     chunk = _inference_chunk(*x.shape[:2])
     if chunk < x.shape[0]:
@@ -438,7 +442,7 @@ def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, re
     else:
         y, carry, saved = _forward_loop(
             _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t,
-            _each(valid, w_ih.shape[0]), precision, unroll, True,
+            _each(valid, len(w_ih)), precision, unroll, True,
         )
     return (y, carry), (x, w_ih, bias, w_hh, w_hr_t, valid, saved)
 
@@ -446,7 +450,7 @@ def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, re
 def _layer_bwd(precision, unroll, remat, residuals, cotangents):
     x, w_ih, bias, w_hh, w_hr_t, valid, saved = residuals
     d_y, (dh, dc) = cotangents
-    directions = w_ih.shape[0]
+    directions = len(w_ih)
     if not remat:
         d_parts, grads, (dh, dc) = _layer_grads(
             (x,) * directions, w_ih, w_hh, w_hr_t, bias is not None, saved,
@@ -474,7 +478,7 @@ def _layer_bwd(precision, unroll, remat, residuals, cotangents):
         )
         return (states, jax.tree.map(jnp.add, totals, grads)), d_parts
 
-    zeros = (jnp.zeros_like(w_ih), None if bias is None else jnp.zeros_like(bias),
+    zeros = (tuple(jnp.zeros_like(w) for w in w_ih), None if bias is None else jnp.zeros_like(bias),
              jnp.zeros_like(w_hh), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
     ((dh, dc), grads), d_parts = jax.lax.scan(
         run_chunk, ((dh, dc), zeros), (jnp.arange(chunks.shape[0]), saved), reverse=True
@@ -496,17 +500,16 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
 
 
 def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, dtype: Any):
-    """One layer's weights stacked over directions in torch's layout, gate rows scaled:
-    ``w_ih`` (D, 4H, I), ``w_hh`` (D, 4H, P), ``bias`` (D, 4H) or ``None``, and the projection
-    transposed, ``w_hr_t`` (D, H, P) or ``None``."""
+    """One layer's weights in torch's layout: ``w_ih`` one (4H, I) array per direction (each
+    direction projects separately, so they are never stacked), ``w_hh`` (D, 4H, P), ``bias``
+    (D, 4H) or ``None``, and the projection transposed, ``w_hr_t`` (D, H, P) or ``None``."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
-    scale = gate_scale(config.hidden_size, dtype)[:, None]
-    w_ih = jnp.stack([params[f"weight_ih{s}"] for s in sfx]).astype(dtype) * scale
-    w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype) * scale
+    w_ih = tuple(params[f"weight_ih{s}"].astype(dtype) for s in sfx)
+    w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype)
     bias = None
     if config.bias:
         bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx])
-        bias = bias.astype(dtype) * scale[:, 0]
+        bias = bias.astype(dtype)
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
