@@ -217,8 +217,7 @@ def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unrol
     return y, carry, saved
 
 
-def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, unroll,
-                   offset=0):
+def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, offset=0):
     """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's gates.
 
     ``saved`` is :func:`_forward_loop`'s; its ``t`` buffers are overwritten in place by the
@@ -265,12 +264,14 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
         return (dh_prev, dc_prev), _rows(g_buf, step - 1, steps), g_buf, dh_buf
 
     state = ((d_h_last, d_c_last), _rows(t_buf, steps - 1, steps), t_buf, dh_buf)
-    (d_h0, d_c0), _, d_gates, dh_cand = jax.lax.fori_loop(0, steps, body, state, unroll=unroll)
+    # Not unrolled: in an unrolled body XLA fuses the reads of the buffer that is overwritten in
+    # place into the next step's work, and then copies the whole buffer on every iteration.
+    (d_h0, d_c0), _, d_gates, dh_cand = jax.lax.fori_loop(0, steps, body, state)
     return d_gates, dh_cand, d_h0, d_c0
 
 
 def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc, precision,
-                 unroll, offset=0):
+                 offset=0):
     """Backward of one layer over the steps that ``saved`` covers (all of them, or a chunk).
 
     ``parts`` holds the layer input each direction read, (T, N, I) each. Returns ``(d_parts,
@@ -278,7 +279,7 @@ def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc,
     states entering the first step. The weight gradients are single GEMMs over all steps.
     """
     d_gates, dh_cand, dh, dc = _backward_loop(
-        saved, w_hh, w_hr_t, valid, d_y, dh, dc, precision, unroll, offset
+        saved, w_hh, w_hr_t, valid, d_y, dh, dc, precision, offset
     )
     _, h_prev, _, r_buf = saved
     # Contracted as h^T dG and transposed after: XLA then lays out the narrower operand.
@@ -454,7 +455,7 @@ def _layer_bwd(precision, unroll, remat, residuals, cotangents):
     if not remat:
         d_parts, grads, (dh, dc) = _layer_grads(
             (x,) * directions, w_ih, w_hh, w_hr_t, bias is not None, saved,
-            _each(valid, directions), d_y, dh, dc, precision, unroll,
+            _each(valid, directions), d_y, dh, dc, precision,
         )
         d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1]
         return (d_x, grads[0], grads[1], dh, dc, grads[2], grads[3], None)
@@ -474,7 +475,7 @@ def _layer_bwd(precision, unroll, remat, residuals, cotangents):
         )
         d_parts, grads, states = _layer_grads(
             parts, w_ih, w_hh, w_hr_t, bias is not None, chunk_saved, v, d_y, *states,
-            precision, unroll, k * remat,
+            precision, k * remat,
         )
         return (states, jax.tree.map(jnp.add, totals, grads)), d_parts
 
@@ -623,7 +624,8 @@ def lstm(
     - ``precision``: ``jax.lax.Precision`` for every matmul; ``None`` uses JAX's default (on
       GPU/TPU that may be TF32/bf16 for float32 inputs, pass ``"highest"`` for full float32).
     - ``dtype``: compute dtype; default is the promotion of ``x`` and the parameters.
-    - ``unroll``: ``lax.scan`` unroll factor of the recurrence.
+    - ``unroll``: unroll factor of the forward recurrence loop (the backward loop is not
+      unrolled: it overwrites its buffers in place, which unrolling would make XLA copy).
     - ``padding_value``: value of ``output`` past each sequence's length.
     - ``remat``: bound activation memory for long sequences: the backward pass keeps only the
       states at chunk boundaries and recomputes each chunk's forward. ``True`` picks chunks of

@@ -141,7 +141,7 @@ class LSTM(_LSTMBase):
     - ``param_dtype``: dtype of the parameters (default float32).
     - ``dtype``: compute dtype (default: promotion of input and parameters).
     - ``precision``: matmul precision (``"highest"`` for full float32 on GPU/TPU).
-    - ``unroll``: ``lax.scan`` unroll factor of the recurrence (default 1).
+    - ``unroll``: unroll factor of the forward recurrence loop (default 1).
     - ``remat``: recompute the forward in chunks during backward to bound activation memory
       (``True``: ``~sqrt(L)``-step chunks, or an int chunk length; default ``False``).
     - ``deterministic``: ``True`` disables dropout; may instead be passed at call time (the call

@@ -64,7 +64,7 @@ class LSTM(_TorchNamedParams):
     - ``dtype``: compute dtype (default: promotion of input and parameters).
     - ``precision``: matmul precision (default ``None``, JAX's default; ``"highest"`` for full
       float32 on GPU/TPU).
-    - ``unroll``: ``lax.scan`` unroll factor of the recurrence (default 1).
+    - ``unroll``: unroll factor of the forward recurrence loop (default 1).
     - ``remat``: bound activation memory for long sequences by recomputing the forward pass in
       chunks during backward: ``True`` for ``~sqrt(L)``-step chunks, an int for the chunk length
       (default ``False``: save every step, fastest).
