@@ -62,9 +62,16 @@ def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
     ``h`` before any projection and ``t = tanh(scaled_gates)`` (what the backward pass needs).
     """
     t = jnp.tanh(scaled_gates)
-    t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
-    c_new = (0.5 * t_f + 0.5) * c + (0.5 * t_i + 0.5) * g
+    c_new = _cell_state(t, c)
+    t_o = jnp.split(t, 4, axis=-1)[3]
     return (0.5 * t_o + 0.5) * jnp.tanh(c_new), c_new, t
+
+
+def _cell_state(t: Array, c: Array) -> Array:
+    """``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`` from ``t = tanh(scaled_gates)``; the
+    backward loop recomputes it from the saved ``t`` rather than saving ``c'``."""
+    t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
+    return (0.5 * t_f + 0.5) * c + (0.5 * t_i + 0.5) * g
 
 
 def _cell_activate_vjp(
@@ -246,9 +253,7 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
         dr = dh_cand
         if w_hr_t is not None:
             dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
-        t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
-        c_new = (0.5 * t_f + 0.5) * c_p + (0.5 * t_i + 0.5) * g
-        d_scaled, dc_prev = _cell_activate_vjp(t, c_new, c_p, dr, dc_cand)
+        d_scaled, dc_prev = _cell_activate_vjp(t, _cell_state(t, c_p), c_p, dr, dc_cand)
         # Select, never multiply by zero: a step past a sequence's end may hold an infinite
         # state, and 0 * inf would turn torch's inf gradients into NaN.
         d_gates = _masked(d_scaled * scale, keep)
@@ -292,10 +297,10 @@ def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc,
             jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision)
             for r, dhc in zip(r_buf, dh_cand)
         ])
-    d_w_ih = tuple([
+    d_w_ih = tuple(
         jnp.einsum("tng,tni->gi", dg, part, precision=precision)
         for dg, part in zip(d_gates, parts)
-    ])
+    )
     d_bias = jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates]) if has_bias else None
     d_parts = tuple(
         jnp.einsum("tng,gi->tni", dg, w, precision=precision) for dg, w in zip(d_gates, w_ih)
@@ -419,32 +424,30 @@ def _layer(
     per step, writing the gate gradients over the saved activations in place; the weight and
     input gradients are single large GEMMs over all steps after the loop.
     """
-    directions = len(w_ih)
-    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
     chunk = _inference_chunk(*x.shape[:2])
-    if chunk < x.shape[0]:
-        y, carry, _ = _chunked_forward(
-            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk
-        )
-    else:
-        y, carry, _ = _forward_loop(
-            _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t,
-            _each(valid, directions), precision, unroll, False,
-        )
+    y, carry, _ = _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll,
+                                 chunk if chunk < x.shape[0] else 0, False)
     return y, carry
 
 
-def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, remat):
+def _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk, save):
+    """The layer's forward: a chunk at a time when ``chunk`` (returning the chunk-start states),
+    else over the whole sequence (returning what ``save`` asks :func:`_forward_loop` for)."""
     w_hh_t = jnp.swapaxes(w_hh, 1, 2)
-    if remat:
-        y, carry, saved = _chunked_forward(
-            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, remat
+    if chunk:
+        return _chunked_forward(
+            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk
         )
-    else:
-        y, carry, saved = _forward_loop(
-            _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t,
-            _each(valid, len(w_ih)), precision, unroll, True,
-        )
+    return _forward_loop(
+        _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t, _each(valid, len(w_ih)),
+        precision, unroll, save,
+    )
+
+
+def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, remat):
+    # With remat, the chunk-start states are all the backward pass keeps.
+    y, carry, saved = _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision,
+                                     unroll, remat, not remat)
     return (y, carry), (x, w_ih, bias, w_hh, w_hr_t, valid, saved)
 
 
