@@ -66,7 +66,7 @@ class Candidate:
 
     name: str
     forward: Callable[[], object]
-    forward_backward: Callable[[], object]
+    forward_backward: Callable[[], object] | None = None  # None: timed forward only
     activation_bytes: Callable[[], int] | None = None
 
 
@@ -189,23 +189,25 @@ def torch_candidate(module: torch.nn.Module, shape: Shape, device: str,
                      lambda: _torch_saved_bytes(lambda: module(x_grad)[0]))
 
 
-def time_candidates(candidates: list[Candidate], rounds: int, per_round: int,
-                    warmup: int = 2) -> list[Timing]:
-    """Medians over ``rounds`` interleaved rounds of ``per_round`` calls each."""
+def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, warmup: int = 2,
+                    kinds: tuple[str, ...] = ("forward", "forward_backward")) -> list[Timing]:
+    """Medians over ``rounds`` interleaved rounds of ``per_round`` calls each of ``kinds``
+    (``"forward"``, ``"forward_backward"``); ``compile_s`` is the first call of the last."""
     timings = {c.name: Timing(c.name) for c in candidates}
     for c in candidates:
         start = time.perf_counter()
-        c.forward_backward()
+        getattr(c, kinds[-1])()
         timings[c.name].compile_s = time.perf_counter() - start
         for _ in range(warmup):
-            c.forward()
-            c.forward_backward()
+            for kind in kinds:
+                getattr(c, kind)()
         if c.activation_bytes is not None:
             timings[c.name].activation_bytes = int(c.activation_bytes())
     samples: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
         for c in candidates:
-            for kind, fn in (("forward", c.forward), ("forward_backward", c.forward_backward)):
+            for kind in kinds:
+                fn = getattr(c, kind)
                 # One untimed call first: torch's threads spin for a while after a parallel
                 # region and would otherwise take cores from whatever is timed next, and a
                 # sleep instead would leave every implementation's next call cold.
