@@ -7,10 +7,7 @@ run, and writes JSON and a PNG chart.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import sys
 
 import jax
@@ -18,27 +15,6 @@ import numpy as np
 import torch
 
 from benchmarks import suite
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-            cpu = f"{names[0]} x{len(names)}" if names else cpu
-    info = {
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax devices": ", ".join(d.device_kind for d in jax.devices()),
-        "torch": torch.__version__,
-        "torch threads": str(torch.get_num_threads()),
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cudnn"] = str(torch.backends.cudnn.version())
-    return info
 
 
 def _tf32(enabled: bool):
@@ -169,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds
     if args.quick:
         shapes, rounds = shapes[:1], 3
-    info = machine()
+    info = suite.machine()
     for key, value in info.items():
         print(f"{key}: {value}")
     results = []

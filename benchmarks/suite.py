@@ -8,8 +8,11 @@ load hits every implementation alike; ratios are to torch measured in the same r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import os
+import platform
 import time
 from collections.abc import Callable
 
@@ -21,6 +24,28 @@ from flax import nnx
 
 import jaxlstm
 from jaxlstm import functional
+
+
+def machine() -> dict[str, str]:
+    """The machine and the versions that a table of timings was measured with."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            cpu = f"{names[0]} x{len(names)}" if names else cpu
+    info = {
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax devices": ", ".join(d.device_kind for d in jax.devices()),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cudnn"] = str(torch.backends.cudnn.version())
+    return info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +81,7 @@ class Timing:
     implementation: str
     forward_s: float | None = None
     forward_backward_s: float | None = None
-    compile_s: float | None = None  # first call of forward+backward: trace + compile + run
+    compile_s: float | None = None  # first call of the last kind timed: trace + compile + run
     activation_bytes: int | None = None  # tensors saved by the forward pass for the backward
 
 
@@ -192,7 +217,13 @@ def torch_candidate(module: torch.nn.Module, shape: Shape, device: str,
 def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, warmup: int = 2,
                     kinds: tuple[str, ...] = ("forward", "forward_backward")) -> list[Timing]:
     """Medians over ``rounds`` interleaved rounds of ``per_round`` calls each of ``kinds``
-    (``"forward"``, ``"forward_backward"``); ``compile_s`` is the first call of the last."""
+    (``"forward"``, ``"forward_backward"``); ``compile_s`` is the first call of the last kind
+    in ``kinds``."""
+    for c in candidates:
+        missing = [kind for kind in kinds if getattr(c, kind) is None]
+        if missing:
+            raise ValueError(f"candidate {c.name!r} has no {missing[0]} to time; pass "
+                             f"kinds=('forward',) to time forward passes only")
     timings = {c.name: Timing(c.name) for c in candidates}
     for c in candidates:
         start = time.perf_counter()

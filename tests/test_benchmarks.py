@@ -2,8 +2,14 @@
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxlstm
 from benchmarks import __main__ as bench
 from benchmarks import suite
+from jaxlstm import functional
 
 
 def test_benchmark_suite_writes_its_reports(tmp_path, monkeypatch):
@@ -26,14 +32,51 @@ def test_floor_writes_its_reports(tmp_path, monkeypatch):
     from benchmarks import floor
 
     monkeypatch.setattr(suite, "CPU_SHAPES", [suite.Shape(4, 2, 3, 5, 2, True)])
+    threads = torch.get_num_threads()
     paths = {kind: tmp_path / f"floor.{kind}" for kind in ("json", "md")}
     code = floor.main(["--rounds", "1", "--per-round", "1", "--json", str(paths["json"]),
                        "--markdown", str(paths["md"])])
     assert code == 0
+    assert torch.get_num_threads() == threads
     rows = json.loads(paths["json"].read_text())["results"][0]["timings"]
     assert [row["implementation"] for row in rows] == [
-        "torch", "torch, 1 thread", "jaxlstm", "XLA: recurrence alone",
-        "XLA: projections alone", "XLA: recurrence + projections"]
-    assert rows[0]["ratio"] == 1.0 and all(row["forward_s"] > 0 for row in rows)
+        "torch", "torch, 1 thread", "jaxlstm", floor.RECURRENCE, floor.PROJECTIONS, floor.TOTAL]
+    assert all(row["forward_s"] > 0 for row in rows)
+    assert all(row["ratio"] == row["forward_s"] / rows[0]["forward_s"] for row in rows)
     assert rows[-1]["forward_s"] == rows[-3]["forward_s"] + rows[-2]["forward_s"]
     assert "| T4 B2 I3 H5 L2 bi | XLA: recurrence alone |" in paths["md"].read_text()
+
+
+def test_floor_single_thread_wrapper_runs_on_one_thread():
+    from benchmarks import floor
+
+    threads = torch.get_num_threads()
+    assert floor._single_thread(torch.get_num_threads)() == 1
+    assert torch.get_num_threads() == threads
+
+
+def test_floor_recurrence_is_the_lstm_recurrence():
+    """Two uni layers without bias, each layer's projections given: the floor's loop computes
+    jaxlstm's states, with layer 1 starting from layer 0's final state."""
+    from benchmarks import floor
+
+    torch.manual_seed(0)
+    model = jaxlstm.from_torch(torch.nn.LSTM(3, 5, 2, bias=False))
+    params, config = model.params(), model.config
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 2, 3)), jnp.float32)
+    _, (h_n, c_n) = functional.lstm(params, x, config=config)
+    layer = {f"weight_{k}_l0": params[f"weight_{k}_l1"] for k in ("ih", "hh")}
+    first = functional.lstm({k: v for k, v in params.items() if k.endswith("l0")}, x,
+                            config=jaxlstm.LSTMConfig(3, 5, bias=False))[0]
+    gates = [jnp.stack(functional._project(inp, (params[f"weight_ih_l{i}"],), None))
+             for i, inp in enumerate([x, first])]
+    w_hh_t = [params[f"weight_hh_l{i}"].T[None] for i in range(2)]
+    zeros = jnp.zeros((1, 2, 5), jnp.float32)
+    h0, c0 = floor.recurrence(gates[:1], w_hh_t[:1], zeros, zeros)
+    np.testing.assert_allclose(h0[0], h_n[0], atol=1e-6)
+    np.testing.assert_allclose(c0[0], c_n[0], atol=1e-6)
+    h1, c1 = floor.recurrence(gates, w_hh_t, zeros, zeros)
+    _, (h_ref, c_ref) = functional.lstm(layer, first, (h0, c0),
+                                        config=jaxlstm.LSTMConfig(5, 5, bias=False))
+    np.testing.assert_allclose(h1[0], h_ref[0], atol=1e-6)
+    np.testing.assert_allclose(c1[0], c_ref[0], atol=1e-6)
