@@ -44,6 +44,7 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
         suite.flax_candidate(shape, device),
     ]
     if gpu:
+        found.append(suite.jax_rnn_candidate(module, shape, device, precision=precision))
         tf32 = suite.torch_candidate(module, shape, "cuda", name="torch cuDNN TF32")
         for attr in ("forward", "forward_backward"):
             plain = getattr(tf32, attr)

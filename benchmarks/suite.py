@@ -24,6 +24,7 @@ from flax import nnx
 
 import jaxlstm
 from jaxlstm import functional
+from jaxlstm.config import param_suffix
 
 
 def machine() -> dict[str, str]:
@@ -175,6 +176,44 @@ def flax_candidate(shape: Shape, device) -> Candidate:
         lambda: jax.block_until_ready(forward(state, x)),
         lambda: jax.block_until_ready(grad(state, x)),
         lambda: _residual_bytes(run, state, x),
+    )
+
+
+def cudnn_weights(params: dict, config) -> jnp.ndarray:
+    """torch-named LSTM parameters as the flat vector ``jax.experimental.rnn`` takes (cuDNN's
+    layout): every (layer, direction)'s ``W_ih`` then ``W_hh``, then every one's ``b_ih`` then
+    ``b_hh``, gates in torch's order."""
+    suffixes = [param_suffix(layer, d) for layer in range(config.num_layers)
+                for d in range(config.num_directions)]
+    names = [f"weight_{k}{s}" for s in suffixes for k in ("ih", "hh")]
+    names += [f"bias_{k}{s}" for s in suffixes for k in ("ih", "hh")]
+    return jnp.concatenate([jnp.ravel(params[name]) for name in names])
+
+
+def jax_rnn_candidate(module: torch.nn.Module, shape: Shape, device, precision=None) -> Candidate:
+    """``jax.experimental.rnn.lstm`` (cuDNN through XLA; GPU only), batch-first as it expects."""
+    from jax.experimental import rnn
+
+    model = jaxlstm.from_torch(module)
+    config = model.config
+    weights = jax.device_put(cudnn_weights(model.params(), config), device)
+    x = jax.device_put(np.swapaxes(_inputs(shape), 0, 1), device)
+    state = jax.device_put(jnp.zeros((config.num_directions * config.num_layers, shape.batch,
+                                      config.hidden_size), jnp.float32), device)
+    lengths = jax.device_put(jnp.full((shape.batch,), shape.seq_len, jnp.int32), device)
+
+    def run(weights, x):
+        y, _, _ = rnn.lstm(x, state, state, weights, lengths, config.input_size,
+                           config.hidden_size, config.num_layers, 0.0, config.bidirectional,
+                           precision=precision)
+        return y
+
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda w, x: jnp.sum(run(w, x)), argnums=(0, 1)))
+    return Candidate(
+        "jax.experimental.rnn",
+        lambda: jax.block_until_ready(forward(weights, x)),
+        lambda: jax.block_until_ready(grad(weights, x)),
     )
 
 

@@ -80,3 +80,23 @@ def test_floor_recurrence_is_the_lstm_recurrence():
                                         config=jaxlstm.LSTMConfig(5, 5, bias=False))
     np.testing.assert_allclose(h1[0], h_ref[0], atol=1e-6)
     np.testing.assert_allclose(c1[0], c_ref[0], atol=1e-6)
+
+
+def test_cudnn_weights_are_the_layout_jax_experimental_rnn_reads():
+    """The flat vector, unpacked by ``jax.experimental.rnn`` and run through its reference
+    LSTM, gives torch's output: the GPU benchmark's cuDNN candidate runs torch's weights."""
+    from jax.experimental import rnn
+
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 5, 2, bidirectional=True)
+    model = jaxlstm.from_torch(module)
+    config = model.config
+    x = torch.randn(4, 6, 3)  # time-major for torch
+    expected = module(x)[0].detach().numpy()
+    weights = suite.cudnn_weights(model.params(), config)
+    assert weights.shape == (rnn.get_num_params_in_lstm(3, 5, 2, True),)
+    unpacked = rnn.unpack_lstm_weights(weights, 3, 5, 2, True)
+    zeros = jnp.zeros((4, 6, 5), jnp.float32)
+    y, _, _ = rnn.lstm_ref(jnp.swapaxes(jnp.asarray(x.numpy()), 0, 1), zeros, zeros, *unpacked,
+                           jnp.full((6,), 4, jnp.int32), 3, 5, 2, 0.0, True)
+    np.testing.assert_allclose(np.swapaxes(np.asarray(y), 0, 1), expected, atol=1e-5)
