@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 
-import jax
 import jax.numpy as jnp
 import torch
 
@@ -43,10 +42,7 @@ def core_candidate(core, name: str, module: torch.nn.Module, shape: suite.Shape)
     def run(params, x):
         return core.lstm(params, x, config=config)[0]
 
-    forward = jax.jit(run)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1)))
-    return suite.Candidate(name, lambda: jax.block_until_ready(forward(params, x)),
-                           lambda: jax.block_until_ready(grad(params, x)))
+    return suite.jax_candidate(name, run, params, x, saved=False)
 
 
 def main(argv: list[str] | None = None) -> int:

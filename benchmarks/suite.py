@@ -120,6 +120,20 @@ def _residual_bytes(fn: Callable, *args) -> int:
     return total
 
 
+def jax_candidate(name: str, run: Callable, weights, x, *, saved: bool = True) -> Candidate:
+    """A JAX implementation ``run(weights, x) -> output``: its jitted forward, and the gradient
+    of ``sum(output)`` with respect to ``weights`` and ``x`` (and, with ``saved``, the size of
+    what its forward pass keeps for the backward pass)."""
+    forward = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda w, x: jnp.sum(run(w, x)), argnums=(0, 1)))
+    return Candidate(
+        name,
+        lambda: jax.block_until_ready(forward(weights, x)),
+        lambda: jax.block_until_ready(grad(weights, x)),
+        (lambda: _residual_bytes(run, weights, x)) if saved else None,
+    )
+
+
 def jaxlstm_candidate(module: torch.nn.Module, shape: Shape, device, *, name: str = "jaxlstm",
                       seq_lengths: np.ndarray | None = None, precision=None,
                       **options) -> Candidate:
@@ -135,14 +149,7 @@ def jaxlstm_candidate(module: torch.nn.Module, shape: Shape, device, *, name: st
                                  precision=precision, unroll=unroll, remat=remat)
         return out
 
-    forward = jax.jit(run)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x)), argnums=(0, 1)))
-    return Candidate(
-        name,
-        lambda: jax.block_until_ready(forward(params, x)),
-        lambda: jax.block_until_ready(grad(params, x)),
-        lambda: _residual_bytes(run, params, x),
-    )
+    return jax_candidate(name, run, params, x)
 
 
 def flax_candidate(shape: Shape, device) -> Candidate:
@@ -169,14 +176,7 @@ def flax_candidate(shape: Shape, device) -> Candidate:
             x = layer(x, initial_carry=carry)
         return x
 
-    forward = jax.jit(run)
-    grad = jax.jit(jax.grad(lambda s, x: jnp.sum(run(s, x)), argnums=(0, 1)))
-    return Candidate(
-        "flax OptimizedLSTMCell",
-        lambda: jax.block_until_ready(forward(state, x)),
-        lambda: jax.block_until_ready(grad(state, x)),
-        lambda: _residual_bytes(run, state, x),
-    )
+    return jax_candidate("flax OptimizedLSTMCell", run, state, x)
 
 
 def cudnn_weights(params: dict, config) -> jnp.ndarray:
@@ -208,13 +208,7 @@ def jax_rnn_candidate(module: torch.nn.Module, shape: Shape, device, precision=N
                            precision=precision)
         return y
 
-    forward = jax.jit(run)
-    grad = jax.jit(jax.grad(lambda w, x: jnp.sum(run(w, x)), argnums=(0, 1)))
-    return Candidate(
-        "jax.experimental.rnn",
-        lambda: jax.block_until_ready(forward(weights, x)),
-        lambda: jax.block_until_ready(grad(weights, x)),
-    )
+    return jax_candidate("jax.experimental.rnn", run, weights, x)
 
 
 def _torch_saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
