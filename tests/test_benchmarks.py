@@ -100,3 +100,12 @@ def test_cudnn_weights_are_the_layout_jax_experimental_rnn_reads():
     y, _, _ = rnn.lstm_ref(jnp.swapaxes(jnp.asarray(x.numpy()), 0, 1), zeros, zeros, *unpacked,
                            jnp.full((6,), 4, jnp.int32), 3, 5, 2, 0.0, True)
     np.testing.assert_allclose(np.swapaxes(np.asarray(y), 0, 1), expected, atol=1e-5)
+
+
+def test_gpu_check_script_parses():
+    import pathlib
+    import subprocess
+
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
