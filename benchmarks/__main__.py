@@ -46,6 +46,7 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
     if gpu:
         found.append(suite.jax_rnn_candidate(module, shape, device, precision=precision))
         tf32 = suite.torch_candidate(module, shape, "cuda", name="torch cuDNN TF32")
+        tf32.optional = True
         for attr in ("forward", "forward_backward"):
             plain = getattr(tf32, attr)
 
@@ -112,8 +113,8 @@ def chart(results: list[dict], path: str) -> None:
         positions = np.arange(len(results))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
-            ratios = [next(t for t in r["timings"] if t["implementation"] == name)[
-                f"{kind}_ratio"] for r in results]
+            ratios = [next((t[f"{kind}_ratio"] for t in r["timings"]
+                            if t["implementation"] == name), 0.0) for r in results]
             ax.barh(positions + i * width, ratios, width, label=name)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_yticks(positions + 0.4 - width / 2, [r["shape"] for r in results])
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     info = suite.machine()
     for key, value in info.items():
         print(f"{key}: {value}")
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     results = []
     for shape in shapes:
         timings = suite.time_candidates(candidates(shape, gpu, memory), rounds, args.per_round)
@@ -161,14 +163,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         results.append({"shape": shape.label, "config": vars(shape), "timings": rows})
         print(table(results[-1:]), flush=True)
-    with open(args.json, "w") as f:
-        json.dump({"machine": info, "rounds": rounds, "per_round": args.per_round,
-                   "results": results}, f, indent=1)
-    chart(results, args.png)
-    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-    with open(args.markdown, "w") as f:
-        f.write(markdown(results, info, command.strip()))
-    print(f"\nwritten {args.json}, {args.png} and {args.markdown}")
+        # Written after every shape, so that a run cut short keeps what it measured.
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rounds": rounds, "per_round": args.per_round,
+                       "results": results}, f, indent=1)
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results, info, command.strip()))
+    written = [args.json, args.markdown]
+    try:
+        chart(results, args.png)
+        written.append(args.png)
+    except ImportError as error:
+        print(f"no chart ({error}); install matplotlib for it", file=sys.stderr)
+    print(f"\nwritten {', '.join(written)}")
     return 0
 
 

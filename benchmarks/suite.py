@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -94,6 +95,9 @@ class Candidate:
     forward: Callable[[], object]
     forward_backward: Callable[[], object] | None = None  # None: timed forward only
     activation_bytes: Callable[[], int] | None = None
+    # An optional candidate that fails on its first call is left out of the run (with the
+    # reason printed) instead of ending it.
+    optional: bool = False
 
 
 def _inputs(shape: Shape, seed: int = 0) -> np.ndarray:
@@ -183,6 +187,9 @@ def cudnn_weights(params: dict, config) -> jnp.ndarray:
     """torch-named LSTM parameters as the flat vector ``jax.experimental.rnn`` takes (cuDNN's
     layout): every (layer, direction)'s ``W_ih`` then ``W_hh``, then every one's ``b_ih`` then
     ``b_hh``, gates in torch's order."""
+    if not config.bias or config.proj_size:
+        raise ValueError("jax.experimental.rnn takes LSTMs with biases and without a projection; "
+                         f"got bias={config.bias}, proj_size={config.proj_size}")
     suffixes = [param_suffix(layer, d) for layer in range(config.num_layers)
                 for d in range(config.num_directions)]
     names = [f"weight_{k}{s}" for s in suffixes for k in ("ih", "hh")]
@@ -208,7 +215,9 @@ def jax_rnn_candidate(module: torch.nn.Module, shape: Shape, device, precision=N
                            precision=precision)
         return y
 
-    return jax_candidate("jax.experimental.rnn", run, weights, x)
+    candidate = jax_candidate("jax.experimental.rnn", run, weights, x)
+    candidate.optional = True
+    return candidate
 
 
 def _torch_saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -258,9 +267,17 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
             raise ValueError(f"candidate {c.name!r} has no {missing[0]} to time; pass "
                              f"kinds=('forward',) to time forward passes only")
     timings = {c.name: Timing(c.name) for c in candidates}
-    for c in candidates:
+    for c in list(candidates):
         start = time.perf_counter()
-        getattr(c, kinds[-1])()
+        try:
+            getattr(c, kinds[-1])()
+        except Exception as error:
+            if not c.optional:
+                raise
+            print(f"left out {c.name}: {type(error).__name__}: {error}", file=sys.stderr)
+            candidates = [other for other in candidates if other is not c]
+            del timings[c.name]
+            continue
         timings[c.name].compile_s = time.perf_counter() - start
         for _ in range(warmup):
             for kind in kinds:

@@ -109,3 +109,46 @@ def test_gpu_check_script_parses():
     script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_optional_candidate_that_fails_is_left_out_and_others_are_not():
+    import pytest
+
+    def fails():
+        raise RuntimeError("no such device")
+
+    fine = suite.Candidate("fine", lambda: None, lambda: None)
+    broken = suite.Candidate("broken", fails, fails, optional=True)
+    timings = suite.time_candidates([fine, broken], rounds=1, per_round=1)
+    assert [t.implementation for t in timings] == ["fine"]
+    with pytest.raises(RuntimeError, match="no such device"):
+        suite.time_candidates([fine, suite.Candidate("broken", fails, fails)], 1, 1)
+
+
+def test_cudnn_candidate_matches_torch_on_a_gpu():
+    """On a GPU: jax.experimental.rnn with the packed weights gives torch's output and input
+    gradient (cuDNN through XLA against torch on the CPU, float32, full precision)."""
+    import jax
+    import pytest
+
+    if jax.default_backend() != "gpu":
+        pytest.skip("jax.experimental.rnn runs on GPUs only")
+    from jax.experimental import rnn
+
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 5, 2, bidirectional=True)
+    model = jaxlstm.from_torch(module)
+    weights = suite.cudnn_weights(model.params(), model.config)
+    x = torch.randn(6, 4, 3, requires_grad=True)  # batch-first for jax.experimental.rnn
+    y_torch = module(x.transpose(0, 1))[0].transpose(0, 1)
+    y_torch.sum().backward()
+    zeros = jnp.zeros((4, 6, 5), jnp.float32)
+
+    def run(x):
+        return rnn.lstm(x, zeros, zeros, weights, jnp.full((6,), 4, jnp.int32), 3, 5, 2, 0.0,
+                        True, precision="highest")[0]
+
+    x_jax = jnp.asarray(x.detach().numpy())
+    np.testing.assert_allclose(run(x_jax), y_torch.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(run(x)))(x_jax), x.grad.numpy(),
+                               atol=1e-5)
