@@ -23,9 +23,7 @@ def _tf32(enabled: bool):
 
 
 def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suite.Candidate]:
-    torch.manual_seed(0)
-    module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
-                           bidirectional=shape.bidirectional)
+    module = suite.torch_lstm(shape)
     device = jax.devices()[0]
     precision = "highest" if gpu else None
     if memory:

@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = {rev: load_revision(rev) for rev in args.revisions}
     cores["working tree"] = functional
     for shape in suite.CPU_SHAPES:
-        torch.manual_seed(0)
-        module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
-                               bidirectional=shape.bidirectional)
+        module = suite.torch_lstm(shape)
         found = [suite.torch_candidate(module, shape, "cpu")]
         found += [core_candidate(core, name, module, shape) for name, core in cores.items()]
         timings = suite.time_candidates(found, args.rounds, per_round=3)

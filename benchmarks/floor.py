@@ -32,7 +32,6 @@ import torch
 import jaxlstm
 from benchmarks import suite
 from jaxlstm import functional
-from jaxlstm.config import param_suffix
 
 RECURRENCE = "XLA: recurrence alone"
 PROJECTIONS = "XLA: projections alone"
@@ -90,11 +89,12 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
     params, config = model.params(), model.config
     directions, hidden = config.num_directions, config.hidden_size
     layers = range(config.num_layers)
-    suffixes = [[param_suffix(layer, d) for d in range(directions)] for layer in layers]
     rng = np.random.default_rng(0)
     with jax.default_device(jax.devices("cpu")[0]):
-        w_ih = [tuple(jnp.asarray(params[f"weight_ih{s}"]) for s in sfx) for sfx in suffixes]
-        w_hh_t = [jnp.stack([params[f"weight_hh{s}"].T for s in sfx]) for sfx in suffixes]
+        weights = [functional._layer_weights(params, config, layer, jnp.float32)
+                   for layer in layers]
+        w_ih = [w[0] for w in weights]
+        w_hh_t = [jnp.swapaxes(w[1], 1, 2) for w in weights]
         inputs = [jnp.asarray(suite._inputs(shape))] + [
             jnp.asarray(rng.standard_normal((shape.seq_len, shape.batch, directions * hidden)),
                         jnp.float32) for _ in layers[1:]
@@ -111,9 +111,7 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
 def measure(shape: suite.Shape, rounds: int, per_round: int) -> list[dict]:
     """Forward times of torch, torch with one thread, jaxlstm and the two parts, with their
     ratios to torch; the last row is the sum of the two parts."""
-    torch.manual_seed(0)
-    module = torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
-                           bidirectional=shape.bidirectional)
+    module = suite.torch_lstm(shape)
     reference = suite.torch_candidate(module, shape, "cpu")
     found = [
         reference,

@@ -100,6 +100,13 @@ class Candidate:
     optional: bool = False
 
 
+def torch_lstm(shape: Shape) -> torch.nn.LSTM:
+    """The torch ``nn.LSTM`` of ``shape`` every implementation takes its weights from (seed 0)."""
+    torch.manual_seed(0)
+    return torch.nn.LSTM(shape.input_size, shape.hidden_size, shape.num_layers,
+                         bidirectional=shape.bidirectional)
+
+
 def _inputs(shape: Shape, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((shape.seq_len, shape.batch, shape.input_size)).astype(np.float32)
@@ -266,8 +273,9 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
         if missing:
             raise ValueError(f"candidate {c.name!r} has no {missing[0]} to time; pass "
                              f"kinds=('forward',) to time forward passes only")
-    timings = {c.name: Timing(c.name) for c in candidates}
-    for c in list(candidates):
+    timings: dict[str, Timing] = {}
+    running = []
+    for c in candidates:
         start = time.perf_counter()
         try:
             getattr(c, kinds[-1])()
@@ -275,10 +283,9 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
             if not c.optional:
                 raise
             print(f"left out {c.name}: {type(error).__name__}: {error}", file=sys.stderr)
-            candidates = [other for other in candidates if other is not c]
-            del timings[c.name]
             continue
-        timings[c.name].compile_s = time.perf_counter() - start
+        running.append(c)
+        timings[c.name] = Timing(c.name, compile_s=time.perf_counter() - start)
         for _ in range(warmup):
             for kind in kinds:
                 getattr(c, kind)()
@@ -286,7 +293,7 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
             timings[c.name].activation_bytes = int(c.activation_bytes())
     samples: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
-        for c in candidates:
+        for c in running:
             for kind in kinds:
                 fn = getattr(c, kind)
                 # One untimed call first: torch's threads spin for a while after a parallel
