@@ -22,7 +22,7 @@ def _check_int(name: str, value: object) -> None:
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
 
 
-def _check_dropout(dropout: object) -> None:
+def check_dropout(dropout: object) -> None:
     if (
         not isinstance(dropout, numbers.Number)
         or isinstance(dropout, bool)
@@ -32,6 +32,12 @@ def _check_dropout(dropout: object) -> None:
             "dropout should be a number in range [0, 1] representing the probability of an "
             "element being zeroed"
         )
+
+
+def _check_bool(name: str, value: object) -> None:
+    # torch checks these two flags exactly (``bias=0`` is a TypeError), not ``bidirectional``.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
 def _check_sizes(input_size: object, hidden_size: object) -> None:
@@ -73,10 +79,8 @@ class LSTMConfig:
         proj_size: int = 0,
     ) -> LSTMConfig:
         """Validate the arguments in torch's order and with torch's messages."""
-        _check_dropout(dropout)
-        _check_sizes(input_size, hidden_size)
+        check_dropout(dropout)
         _check_int("num_layers", num_layers)
-        _check_int("proj_size", proj_size)
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
@@ -84,6 +88,10 @@ class LSTMConfig:
                 f"dropout={dropout} and num_layers={num_layers}",
                 stacklevel=3,
             )
+        _check_bool("bias", bias)
+        _check_bool("batch_first", batch_first)
+        _check_sizes(input_size, hidden_size)
+        _check_int("proj_size", proj_size)
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
         if proj_size < 0:
@@ -111,6 +119,15 @@ class LSTMConfig:
     def output_size(self) -> int:
         """Size of ``h`` and of each direction's ``output`` slice: ``proj_size or hidden_size``."""
         return self.proj_size or self.hidden_size
+
+    def param_groups(self) -> list[list[str]]:
+        """torch's ``_all_weights``: the parameter names of each ``(layer, direction)``, in the
+        order ``layer * D + direction``, each group in ``state_dict`` order."""
+        return [
+            [name for name in self.param_shapes() if name.endswith(param_suffix(layer, d))]
+            for layer in range(self.num_layers)
+            for d in range(self.num_directions)
+        ]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """torch's ``state_dict`` keys and shapes, in torch's order."""
@@ -291,12 +308,69 @@ def check_seq_lengths(seq_lengths: Any, *, num_steps: int, batch: int, batched: 
         )
     seq_lengths = seq_lengths.reshape((batch,))
     if not isinstance(seq_lengths, jax.core.Tracer):
-        bad = [(i, int(v)) for i, v in enumerate(seq_lengths) if not 1 <= v <= num_steps]
-        if bad:
-            listed = ", ".join(f"{v} at index {i}" for i, v in bad[:10])
-            more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-            raise ValueError(
-                f"seq_lengths must lie in [1, {num_steps}] (the sequence length of the input); "
-                f"got {listed}{more}"
-            )
+        _check_length_values(seq_lengths, num_steps)
     return jnp.asarray(seq_lengths, jnp.int32)
+
+
+def _check_length_values(seq_lengths: Any, num_steps: int) -> None:
+    values = np.ravel(np.asarray(seq_lengths))
+    bad = [(i, int(v)) for i, v in enumerate(values) if not 1 <= v <= num_steps]
+    if bad:
+        listed = ", ".join(f"{v} at index {i}" for i, v in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ValueError(
+            f"seq_lengths must lie in [1, {num_steps}] (the sequence length of the input); "
+            f"got {listed}{more}"
+        )
+
+
+def check_lengths_at_run_time(seq_lengths: Any, x: Any, *, batch_first: bool) -> None:
+    """Raise for ``seq_lengths`` outside ``[1, T]`` even when they are traced (under ``jit``).
+
+    Concrete lengths are checked here at once. Traced ones get a host callback that raises
+    torch's ``ValueError`` when the computation runs; under ``jit`` JAX re-raises it as a
+    ``jax.errors.JaxRuntimeError`` (a ``RuntimeError``) carrying the same message. The callback
+    synchronises with the host on every call, which is why it is opt-in.
+    """
+    import jax
+
+    num_steps = np.shape(x)[1 if batch_first and np.ndim(x) == 3 else 0]
+    if isinstance(seq_lengths, jax.core.Tracer):
+        jax.debug.callback(_check_length_values, seq_lengths, num_steps)
+    else:
+        _check_length_values(seq_lengths, num_steps)
+
+
+def _dtype_of(value: Any) -> np.dtype:
+    import jax
+
+    dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def check_dtypes(config: LSTMConfig | LSTMCellConfig, weight_dtype: Any, x: Any, hx: Any) -> None:
+    """torch's rule when no compute ``dtype`` is given: ``x``, ``h_0`` and ``c_0`` must have the
+    weights' dtype (after JAX's canonicalisation, so float64 numpy input is float32 unless
+    ``jax_enable_x64``). The input raises what ``nn.LSTM`` raises (``ValueError``, torch's
+    message); the states, and any ``LSTMCell`` argument, raise ``RuntimeError`` as torch does."""
+    cell = isinstance(config, LSTMCellConfig)
+    if np.ndim(x) not in ((1, 2) if cell else (2, 3)):
+        return  # torch checks the number of dimensions first; the shape checks raise that
+    weights = _dtype_of(np.empty(0, weight_dtype))
+    got = _dtype_of(x)
+    if got != weights:
+        error = RuntimeError if cell else ValueError
+        raise error(
+            f"{'LSTMCell' if cell else 'RNN'} input dtype ({got}) does not match weight dtype "
+            f"({weights}). Convert input: x.astype(jnp.{weights}), or convert model: build it "
+            f"with param_dtype=jnp.{got}; dtype=... on the module computes in that dtype instead"
+        )
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        return  # None, or a malformed hx that the shape checks name
+    for index, (name, state) in enumerate(zip(("h_0", "c_0"), hx)):
+        got = _dtype_of(state)
+        if got != weights:
+            raise RuntimeError(
+                f"hx[{index}] ({name}) dtype ({got}) does not match weight dtype ({weights}); "
+                f"convert it: {name}.astype(jnp.{weights})"
+            )

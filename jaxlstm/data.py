@@ -19,7 +19,7 @@ These run on the host with numpy (input pipelines), so they return numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from jaxlstm.porting import to_numpy
 
 
 def pad_sequences(
-    sequences: Sequence[Any],
+    sequences: Iterable[Any],
     batch_first: bool = False,
     padding_value: float = 0.0,
     total_length: int | None = None,
@@ -37,8 +37,9 @@ def pad_sequences(
 
     **Arguments:**
 
-    - ``sequences``: a non-empty list of arrays (numpy, JAX or torch), sequence ``i`` of shape
-      ``(L_i, *)``; the trailing dimensions ``*`` and the dtype must agree.
+    - ``sequences``: a non-empty iterable of arrays (numpy, JAX or torch), sequence ``i`` of
+      shape ``(L_i, *)``; the trailing dimensions ``*`` and the dtype must agree. An array
+      ``(N, L, *)`` is taken as ``N`` sequences of length ``L``, as torch iterates a tensor.
     - ``batch_first``: return ``(N, T, *)`` instead of ``(T, N, *)``.
     - ``padding_value``: the value written past each sequence's end.
     - ``total_length``: pad to this many steps instead of the longest sequence's length (as in
@@ -48,13 +49,17 @@ def pad_sequences(
     ``T = total_length or max L_i``, and ``lengths`` int32 ``(N,)`` holding each ``L_i`` (pass it as
     ``seq_lengths``).
     """
-    if isinstance(sequences, np.ndarray) or not isinstance(sequences, Sequence):
-        raise TypeError(
-            "sequences must be a list of arrays, one per sequence, got "
-            f"{type(sequences).__name__}; for an already padded array use it directly"
+    if hasattr(sequences, "shape") and np.ndim(sequences) > 0:
+        # A stacked array of equal-length sequences: torch iterates over its first axis.
+        sequences = list(to_numpy(sequences, "sequences"))
+    elif not isinstance(sequences, Iterable) or hasattr(sequences, "shape"):
+        raise RuntimeError(
+            "pad_sequence: Expected iterable for input sequences, but got arg of type: "
+            f"{type(sequences)}; pass a list of arrays, one per sequence"
         )
+    sequences = list(sequences)
     if len(sequences) == 0:
-        raise ValueError("sequences is empty; pass at least one sequence")
+        raise RuntimeError("received an empty list of sequences; pass at least one sequence")
     arrays = [to_numpy(s, f"sequences[{i}]") for i, s in enumerate(sequences)]
     for i, array in enumerate(arrays):
         if array.ndim == 0:

@@ -30,7 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlstm import functional, porting
-from jaxlstm.config import LSTMCellConfig, LSTMConfig, check_params
+from jaxlstm.config import (
+    LSTMCellConfig,
+    LSTMConfig,
+    check_dtypes,
+    check_lengths_at_run_time,
+    check_params,
+)
 from jaxlstm.porting import infer_config, to_numpy
 
 Array = jax.Array
@@ -64,13 +70,18 @@ def torch_uniform(hidden_size: int):
 class _TorchNamedParams(nn.Module):
     """Creates one Linen param per torch parameter name of ``self.config``."""
 
-    def _torch_params(self) -> dict[str, Array]:
+    def _torch_params(self, x: Array, hx: State | None) -> dict[str, Array]:
+        """The parameters, after torch's dtype check of ``x`` and ``hx`` (unless ``dtype`` is
+        set, which casts everything to that compute dtype)."""
         config = self.config
         init = torch_uniform(config.hidden_size)
-        return {
+        params = {
             name: self.param(name, init, shape, self.param_dtype)
             for name, shape in config.param_shapes().items()
         }
+        if self.dtype is None:
+            check_dtypes(config, next(iter(params.values())).dtype, x, hx)
+        return params
 
 
 class _LSTMBase(_TorchNamedParams):
@@ -95,9 +106,12 @@ class _LSTMBase(_TorchNamedParams):
         *,
         seq_lengths: Array | None = None,
         deterministic: bool | None = None,
+        check_lengths: bool = False,
     ) -> tuple[Array, State]:
         config = self.config
-        params = self._torch_params()
+        params = self._torch_params(x, hx)
+        if check_lengths and seq_lengths is not None:
+            check_lengths_at_run_time(seq_lengths, x, batch_first=config.batch_first)
         deterministic = self.deterministic if deterministic is None else deterministic
         uses_dropout = config.dropout > 0 and config.num_layers > 1
         dropout_rng = None
@@ -139,7 +153,8 @@ class LSTM(_LSTMBase):
     - ``input_size``, ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``,
       ``bidirectional``, ``proj_size``: torch's, with torch's defaults and validation.
     - ``param_dtype``: dtype of the parameters (default float32).
-    - ``dtype``: compute dtype (default: promotion of input and parameters).
+    - ``dtype``: compute dtype. Default ``None``: like torch, ``x``, ``h_0`` and ``c_0`` must have
+      the parameters' dtype (a mismatch raises torch's error); given, everything is cast to it.
     - ``precision``: matmul precision (``"highest"`` for full float32 on GPU/TPU).
     - ``unroll``: unroll factor of the forward recurrence loop (default 1).
     - ``remat``: recompute the forward in chunks during backward to bound activation memory
@@ -155,6 +170,8 @@ class LSTM(_LSTMBase):
       zeros when omitted.
     - ``seq_lengths``: int ``(N,)``, valid length of each sequence (torch ``PackedSequence``
       semantics).
+    - ``check_lengths``: also check traced ``seq_lengths`` against ``[1, L]`` when the
+      computation runs, as in :class:`jaxlstm.LSTM`.
     - ``output``: ``(L, N, D*H_out)``; ``h_n``: ``(D*num_layers, N, H_out)``; ``c_n``:
       ``(D*num_layers, N, H)``.
 
@@ -235,7 +252,7 @@ class LSTMCell(_TorchNamedParams):
 
     @nn.compact
     def __call__(self, x: Array, hx: State | None = None) -> State:
-        params = self._torch_params()
+        params = self._torch_params(x, hx)
         with jax.named_scope(type(self).__name__):
             return functional.lstm_cell(
                 params, x, hx, config=self.config, precision=self.precision, dtype=self.dtype

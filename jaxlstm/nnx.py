@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from typing import Any
 
 import jax
@@ -9,19 +11,49 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlstm import functional
-from jaxlstm.config import LSTMCellConfig, LSTMConfig
+from jaxlstm.config import (
+    LSTMCellConfig,
+    LSTMConfig,
+    check_dtypes,
+    check_dropout,
+    check_lengths_at_run_time,
+)
 
 Array = jax.Array
 
 
-def _default_rngs(rngs: nnx.Rngs | None) -> nnx.Rngs:
-    return nnx.Rngs(0) if rngs is None else rngs
+def _rngs_or_fresh(rngs: nnx.Rngs | None) -> nnx.Rngs:
+    # Like torch without torch.manual_seed: each module built without rngs draws new weights.
+    return nnx.Rngs(secrets.randbits(31)) if rngs is None else rngs
+
+
+def _constructor_argument(name: str) -> property:
+    """torch's attribute for a constructor argument, read from ``config``; read-only, because
+    the parameters' shapes (or the layout of inputs and outputs) were fixed by it."""
+
+    def get(self: _TorchNamedParams) -> Any:
+        return getattr(self.config, name)
+
+    def set_(self: _TorchNamedParams, value: Any) -> None:
+        raise AttributeError(
+            f"{type(self).__name__}.{name} is read-only: it is fixed when the module is built; "
+            f"build a new jaxlstm.{type(self).__name__}(..., {name}={value!r}) instead"
+            + (" (only dropout can be changed in place)" if hasattr(self.config, "dropout")
+               else "")
+        )
+
+    return property(get, set_, doc=f"``{name}`` as given to the constructor (read-only).")
 
 
 class _TorchNamedParams(nnx.Module):
     """Stores one ``nnx.Param`` per torch parameter name; ``params()`` gives the plain dict."""
 
     config: LSTMConfig | LSTMCellConfig
+    dtype: Any
+
+    input_size = _constructor_argument("input_size")
+    hidden_size = _constructor_argument("hidden_size")
+    bias = _constructor_argument("bias")
 
     def _set_params(self, params: dict[str, Array]) -> None:
         for name, value in params.items():
@@ -30,6 +62,14 @@ class _TorchNamedParams(nnx.Module):
     def params(self) -> dict[str, Array]:
         """The parameters as ``{torch name: array}`` (the torch ``state_dict`` layout)."""
         return {name: getattr(self, name)[...] for name in self.config.param_shapes()}
+
+    def _checked_params(self, x: Array, hx: tuple[Array, Array] | None) -> dict[str, Array]:
+        """``params()``, after torch's dtype check of ``x`` and ``hx`` (unless ``dtype`` is set,
+        which casts everything to that compute dtype)."""
+        params = self.params()
+        if self.dtype is None:
+            check_dtypes(self.config, next(iter(params.values())).dtype, x, hx)
+        return params
 
 
 class LSTM(_TorchNamedParams):
@@ -58,10 +98,13 @@ class LSTM(_TorchNamedParams):
       only (default 0).
     - ``bidirectional``: add a reverse direction, ``D = 2`` (default ``False``).
     - ``proj_size``: if ``> 0``, project ``h`` to this size with ``weight_hr`` (default 0).
-    - ``rngs``: ``nnx.Rngs`` with a ``params`` stream for init (and ``dropout`` for dropout);
-      default ``nnx.Rngs(0)``.
+    - ``rngs``: ``nnx.Rngs`` with a ``params`` stream for init and a ``dropout`` stream for
+      dropout (both fall back to ``default``). Pass ``nnx.Rngs(seed)`` for reproducible weights
+      and masks; when omitted, a fresh seed is drawn, so two modules built alike get different
+      weights (as torch does without ``torch.manual_seed``).
     - ``param_dtype``: dtype of the parameters (default float32).
-    - ``dtype``: compute dtype (default: promotion of input and parameters).
+    - ``dtype``: compute dtype. Default ``None``: like torch, ``x``, ``h_0`` and ``c_0`` must have
+      the parameters' dtype (a mismatch raises torch's error); given, everything is cast to it.
     - ``precision``: matmul precision (default ``None``, JAX's default; ``"highest"`` for full
       float32 on GPU/TPU).
     - ``unroll``: unroll factor of the forward recurrence loop (default 1).
@@ -75,9 +118,19 @@ class LSTM(_TorchNamedParams):
     - ``hx``: ``(h_0, c_0)`` with ``h_0 (D*num_layers, N, H_out)`` and ``c_0 (D*num_layers, N,
       H)``, ``H_out = proj_size or hidden_size``; unbatched: drop ``N``. Zeros when omitted.
     - ``seq_lengths``: int ``(N,)``, each sequence's valid length (torch ``PackedSequence``
-      semantics; see :func:`jaxlstm.functional.lstm`).
+      semantics; see :func:`jaxlstm.functional.lstm`). Concrete lengths outside ``[1, L]`` raise
+      ``ValueError``; traced ones (under ``jit``) are only checked with ``check_lengths=True``.
+    - ``check_lengths``: check traced ``seq_lengths`` when the computation runs (a host
+      callback; under ``jit`` the error arrives as ``jax.errors.JaxRuntimeError``). Default
+      ``False``: out-of-range traced lengths are clipped to ``[0, L]``.
     - ``output``: ``(L, N, D*H_out)``; ``h_n``: ``(D*num_layers, N, H_out)``; ``c_n``:
       ``(D*num_layers, N, H)``, indexed ``layer*D + direction``.
+
+    **Attributes** (torch's): ``input_size``, ``hidden_size``, ``num_layers``, ``bias``,
+    ``batch_first``, ``dropout``, ``bidirectional``, ``proj_size`` as constructed, read-only
+    except ``dropout``, which may be set (``lstm.dropout = 0.3``, validated like the constructor
+    argument) and acts from the next call in training mode; ``all_weights``: the ``nnx.Param``s
+    of each ``(layer, direction)`` in torch's order.
 
     Parameters are attributes with torch's names and shapes: ``weight_ih_l{k}`` ``(4H, I)`` for
     ``k = 0`` else ``(4H, D*H_out)``, ``weight_hh_l{k}`` ``(4H, H_out)``, ``bias_ih_l{k}``,
@@ -115,14 +168,37 @@ class LSTM(_TorchNamedParams):
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             proj_size,
         )
-        rngs = _default_rngs(rngs)
+        rngs = _rngs_or_fresh(rngs)
         self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
         self.dtype = dtype
         self.precision = precision
         self.unroll = unroll
         self.remat = remat
         self.deterministic = False
-        self.dropout_rngs = rngs["dropout"].fork() if self.config.dropout > 0 else None
+        # Always kept, so that dropout raised after construction has its stream.
+        self.dropout_rngs = rngs["dropout"].fork()
+
+    num_layers = _constructor_argument("num_layers")
+    batch_first = _constructor_argument("batch_first")
+    bidirectional = _constructor_argument("bidirectional")
+    proj_size = _constructor_argument("proj_size")
+
+    @property
+    def dropout(self) -> float:
+        """Dropout probability between layers; settable, as torch's ``rnn.dropout = p``."""
+        return self.config.dropout
+
+    @dropout.setter
+    def dropout(self, value: float) -> None:
+        check_dropout(value)
+        self.config = dataclasses.replace(self.config, dropout=float(value))
+
+    @property
+    def all_weights(self) -> list[list[nnx.Param]]:
+        """torch's ``all_weights``: for each ``layer * D + direction``, its ``nnx.Param``s in
+        ``state_dict`` order (``weight_ih``, ``weight_hh``, [``bias_ih``, ``bias_hh``],
+        [``weight_hr``])."""
+        return [[getattr(self, name) for name in group] for group in self.config.param_groups()]
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view``: ``deterministic=True`` disables dropout."""
@@ -136,14 +212,18 @@ class LSTM(_TorchNamedParams):
         *,
         seq_lengths: Array | None = None,
         deterministic: bool | None = None,
+        check_lengths: bool = False,
     ) -> tuple[Array, tuple[Array, Array]]:
+        params = self._checked_params(x, hx)
+        if check_lengths and seq_lengths is not None:
+            check_lengths_at_run_time(seq_lengths, x, batch_first=self.config.batch_first)
         deterministic = self.deterministic if deterministic is None else deterministic
         dropout_rng = None
-        if not deterministic and self.dropout_rngs is not None and self.config.num_layers > 1:
+        if not deterministic and self.config.dropout > 0 and self.config.num_layers > 1:
             dropout_rng = self.dropout_rngs()
         with jax.named_scope(type(self).__name__):
             return functional.lstm(
-                self.params(), x, hx, config=self.config, seq_lengths=seq_lengths,
+                params, x, hx, config=self.config, seq_lengths=seq_lengths,
                 dropout_rng=dropout_rng, deterministic=deterministic,
                 precision=self.precision, dtype=self.dtype, unroll=self.unroll,
                 remat=self.remat,
@@ -185,8 +265,11 @@ class LSTMCell(_TorchNamedParams):
 
     - ``input_size``: features ``I`` of ``x``; ``hidden_size``: features ``H`` of ``h`` and ``c``.
     - ``bias``: if ``False``, no ``bias_ih``/``bias_hh`` (default ``True``).
-    - ``rngs``: ``nnx.Rngs`` for init (default ``nnx.Rngs(0)``); ``param_dtype``, ``dtype``,
-      ``precision``: as in :class:`LSTM`.
+    - ``rngs``: ``nnx.Rngs`` for init (default: a fresh seed, as in :class:`LSTM`);
+      ``param_dtype``, ``dtype``, ``precision``: as in :class:`LSTM` (with ``dtype=None``, ``x``
+      and ``hx`` must have the parameters' dtype; a mismatch raises ``RuntimeError`` as torch).
+
+    **Attributes:** ``input_size``, ``hidden_size``, ``bias`` (torch's; read-only).
 
     **Call:** ``h_1, c_1 = cell(x, hx=None)`` with ``x`` ``(N, I)`` or ``(I,)``, ``hx = (h_0,
     c_0)`` each ``(N, H)`` or ``(H,)`` (zeros when omitted); returns ``h_1, c_1`` of the same shape.
@@ -215,7 +298,7 @@ class LSTMCell(_TorchNamedParams):
         precision: Any = None,
     ):
         self.config = LSTMCellConfig.create(input_size, hidden_size, bias)
-        rngs = _default_rngs(rngs)
+        rngs = _rngs_or_fresh(rngs)
         self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
         self.dtype = dtype
         self.precision = precision
@@ -223,6 +306,6 @@ class LSTMCell(_TorchNamedParams):
     def __call__(self, x: Array, hx: tuple[Array, Array] | None = None) -> tuple[Array, Array]:
         with jax.named_scope(type(self).__name__):
             return functional.lstm_cell(
-                self.params(), x, hx, config=self.config, precision=self.precision,
+                self._checked_params(x, hx), x, hx, config=self.config, precision=self.precision,
                 dtype=self.dtype,
             )

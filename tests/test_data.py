@@ -45,6 +45,32 @@ def test_pad_sequences_accepts_torch_jax_and_int_inputs():
     assert padded.dtype == np.int32
 
 
+@pytest.mark.parametrize("make", [np.asarray, torch.from_numpy, jnp.asarray],
+                         ids=["numpy", "torch", "jax"])
+def test_pad_sequences_iterates_a_stacked_array_like_torch(make):
+    stacked = RNG.standard_normal((3, 4, 2)).astype(np.float32)
+    padded, lengths = pad_sequences(make(stacked))
+    np.testing.assert_array_equal(padded, pad_sequence(torch.from_numpy(stacked)).numpy())
+    np.testing.assert_array_equal(lengths, [4, 4, 4])
+
+
+def test_pad_sequences_takes_any_iterable_like_torch():
+    seqs = sequences(3)
+    padded, _ = pad_sequences(iter(seqs))
+    expected = pad_sequence(iter([torch.from_numpy(s) for s in seqs]))
+    np.testing.assert_array_equal(padded, expected.numpy())
+
+
+@pytest.mark.parametrize("bad", [5, None], ids=["int", "None"])
+def test_pad_sequences_non_iterable_raises_torchs_runtime_error(bad):
+    with pytest.raises(RuntimeError) as expected:
+        pad_sequence(bad)
+    with pytest.raises(RuntimeError) as got:
+        pad_sequences(bad)
+    assert str(got.value).startswith(str(expected.value))
+    assert "pass a list of arrays" in str(got.value)
+
+
 def test_total_length_pads_further_like_pad_packed_sequence():
     seqs = sequences(2)
     padded, lengths = pad_sequences(seqs, total_length=10)
@@ -109,8 +135,11 @@ def test_padded_batch_drives_lstm_like_a_packed_sequence(batch_first):
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: pad_sequences([]), ValueError, "sequences is empty"),
-        (lambda: pad_sequences(np.ones((2, 3))), TypeError, "list of arrays"),
+        (lambda: pad_sequences([]), RuntimeError, "received an empty list of sequences"),
+        (lambda: pad_sequences(5), RuntimeError,
+         "pad_sequence: Expected iterable for input sequences, but got arg of type: "
+         "<class 'int'>; pass a list of arrays"),
+        (lambda: pad_sequences(np.float32(1.0)), RuntimeError, "Expected iterable"),
         (lambda: pad_sequences([np.ones((2, 3)), np.ones((2, 4))]), ValueError,
          r"sequences\[1\] has trailing shape \(4,\) but sequences\[0\] has \(3,\)"),
         (lambda: pad_sequences([np.ones(2, np.float32), np.ones(2)]), TypeError,
