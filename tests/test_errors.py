@@ -41,6 +41,11 @@ CONSTRUCTOR_CASES = [
     dict(input_size=3, hidden_size=4, proj_size=-1),
     dict(input_size=3, hidden_size=4, proj_size=4),
     dict(input_size=3, hidden_size=4, proj_size=7),
+    dict(input_size=3, hidden_size=5, bias=0),
+    dict(input_size=3, hidden_size=5, bias="True"),
+    dict(input_size=3, hidden_size=5, batch_first=1),
+    dict(input_size=3, hidden_size=5, batch_first=np.True_),
+    dict(input_size=3, hidden_size=5, bias=None, batch_first=1),
 ]
 
 
@@ -71,6 +76,14 @@ def test_cell_constructor_errors():
         jaxlstm.LSTMCell(3, 4.0)
     with pytest.raises(ValueError, match="^hidden_size must be greater than zero$"):
         jaxlstm.LSTMCell(3, 0)
+
+
+def test_flags_torch_accepts_are_accepted():
+    # torch checks bias and batch_first exactly, but neither bidirectional nor LSTMCell's bias.
+    for make in (torch.nn.LSTM, jaxlstm.LSTM):
+        assert make(3, 5, bidirectional=1).bidirectional == 1
+    torch.nn.LSTMCell(3, 5, bias=0)
+    assert not jaxlstm.LSTMCell(3, 5, bias=0).params().keys() & {"bias_ih", "bias_hh"}
 
 
 def test_bilstm_rejects_one_direction():
