@@ -1,7 +1,7 @@
-"""``python -m benchmarks``: jaxlstm vs torch vs Flax, forward and forward+backward.
+"""Times jaxlstm against torch and Flax, forward and forward+backward, on each shape.
 
-Prints the machine and versions, a table of medians with ratios to torch measured in the same
-run, and writes JSON and a PNG chart.
+Prints the machine and versions and a table of medians with ratios to torch measured in the
+same run; writes the results as JSON, Markdown and a PNG chart.
 """
 
 from __future__ import annotations
@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
 from benchmarks import suite
+from jaxlstm.cli import HelpFormatter
+from jaxlstm.progress import progress
 
 
 def _tf32(enabled: bool):
@@ -123,19 +127,76 @@ def chart(results: list[dict], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+# The committed tables (benchmarks/results.* and memory.*), written only with --record.
+RECORD_DIR = Path(__file__).resolve().parent
+REPORTS = ("json", "markdown", "png")
+SUFFIX = {"json": ".json", "markdown": ".md", "png": ".png"}
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
     parser.add_argument("--per-round", type=int, default=3, help="calls per round")
     parser.add_argument("--shapes", choices=["auto", "cpu", "gpu", "memory"], default="auto",
                         help="shape set (auto: gpu when a CUDA device is present; memory: "
                         "T=1000 with and without remat)")
     parser.add_argument("--quick", action="store_true", help="first shape only, 3 rounds")
-    parser.add_argument("--json", default="benchmarks/results.json", metavar="PATH")
-    parser.add_argument("--png", default="benchmarks/results.png", metavar="PATH")
-    parser.add_argument("--markdown", default="benchmarks/results.md", metavar="PATH",
-                        help="the table as Markdown (for benchmarks/README.md)")
+    where = parser.add_argument_group(
+        "where the reports go", "Each report is rewritten after every shape, so a run cut short "
+        "keeps what it measured; unwritable paths fail before anything is timed.")
+    where.add_argument("--out", metavar="DIR",
+                       help="directory for the reports, created if missing (default: the "
+                       "current directory)")
+    where.add_argument("--name", metavar="NAME",
+                       help="file name of the reports without suffix (default: "
+                       "bench-<shapes>-<UTC date-time>, e.g. bench-cpu-20250101-120000)")
+    where.add_argument("--json", metavar="PATH", help="the JSON report (default: DIR/NAME.json)")
+    where.add_argument("--markdown", metavar="PATH",
+                       help="the table as Markdown (default: DIR/NAME.md)")
+    where.add_argument("--png", metavar="PATH",
+                       help="the chart, needs matplotlib (default: DIR/NAME.png)")
+    where.add_argument("--record", action="store_true",
+                       help=f"replace the committed tables in {RECORD_DIR} (results.* or, for "
+                       "--shapes memory, memory.*) instead; not with --quick or other paths")
+    return parser
+
+
+def report_paths(args: argparse.Namespace, shape_set: str) -> dict[str, Path]:
+    """Where the JSON, Markdown and PNG reports go: ``--record``'s committed tables, else each
+    explicit path or ``--out``/``--name`` with a timestamped default name."""
+    if args.record:
+        stem = RECORD_DIR / ("memory" if shape_set == "memory" else "results")
+        return {kind: stem.with_suffix(SUFFIX[kind]) for kind in REPORTS}
+    name = args.name or f"bench-{shape_set}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return {kind: Path(getattr(args, kind) or Path(args.out or ".") / (name + SUFFIX[kind]))
+            for kind in REPORTS}
+
+
+def write_reports(paths: dict[str, Path], report: dict, command: str) -> list[Path]:
+    """Write the JSON and Markdown reports and, when there are results and matplotlib, the
+    chart; returns the paths written."""
+    paths["json"].write_text(json.dumps(report, indent=1))
+    paths["markdown"].write_text(markdown(report["results"], report["machine"], command))
+    if not report["results"]:
+        return [paths["json"], paths["markdown"]]
+    try:
+        chart(report["results"], str(paths["png"]))
+    except ImportError as error:
+        print(f"no chart ({error}); install matplotlib for it", file=sys.stderr)
+        return [paths["json"], paths["markdown"]]
+    return [paths["json"], paths["markdown"], paths["png"]]
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    """Run the suite; ``prog`` names the command in ``--help`` (``jaxlstm bench``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(prog)
     args = parser.parse_args(argv)
+    if args.record and (args.quick or args.name or args.out
+                        or any(getattr(args, kind) for kind in REPORTS)):
+        parser.error("--record writes the committed tables: a full run, to their own paths; "
+                     "drop --quick, --out, --name, --json, --markdown and --png")
 
     gpu = args.shapes == "gpu" or (args.shapes == "auto" and torch.cuda.is_available())
     if gpu:
@@ -145,13 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds
     if args.quick:
         shapes, rounds = shapes[:1], 3
+    paths = report_paths(args, "memory" if memory else "gpu" if gpu else "cpu")
     info = suite.machine()
+    command = " ".join([prog, *argv])
+    report = {"machine": info, "rounds": rounds, "per_round": args.per_round, "results": []}
+    try:
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write_reports(paths, report, command)  # before any timing: unwritable paths fail now
+    except OSError as error:
+        parser.error(f"cannot write the reports: {error}; choose another --out (or paths)")
     for key, value in info.items():
         print(f"{key}: {value}")
-    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = []
-    for shape in shapes:
-        timings = suite.time_candidates(candidates(shape, gpu, memory), rounds, args.per_round)
+    for index, shape in enumerate(shapes):
+        found = candidates(shape, gpu, memory)
+        bar = progress(total=len(found) * (rounds + 1), unit="step",
+                       desc=f"shape {index + 1}/{len(shapes)} {shape.label}")
+
+        def step(done: str, bar=bar) -> None:
+            bar.set_postfix_str(done, refresh=False)
+            bar.update()
+
+        timings = suite.time_candidates(found, rounds, args.per_round, on_step=step)
+        bar.close()
         anchor = timings[0]
         rows = []
         for t in timings:
@@ -159,21 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             row["forward_ratio"] = t.forward_s / anchor.forward_s
             row["forward_backward_ratio"] = t.forward_backward_s / anchor.forward_backward_s
             rows.append(row)
-        results.append({"shape": shape.label, "config": vars(shape), "timings": rows})
-        print(table(results[-1:]), flush=True)
-        # Written after every shape, so that a run cut short keeps what it measured.
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "rounds": rounds, "per_round": args.per_round,
-                       "results": results}, f, indent=1)
-        with open(args.markdown, "w") as f:
-            f.write(markdown(results, info, command.strip()))
-    written = [args.json, args.markdown]
-    try:
-        chart(results, args.png)
-        written.append(args.png)
-    except ImportError as error:
-        print(f"no chart ({error}); install matplotlib for it", file=sys.stderr)
-    print(f"\nwritten {', '.join(written)}")
+        report["results"].append({"shape": shape.label, "config": vars(shape), "timings": rows})
+        print(table(report["results"][-1:]), flush=True)
+        written = write_reports(paths, report, command)
+    print(f"\nwritten {', '.join(map(str, written))}")
     return 0
 
 

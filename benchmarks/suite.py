@@ -264,10 +264,14 @@ def torch_candidate(module: torch.nn.Module, shape: Shape, device: str,
 
 
 def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, warmup: int = 2,
-                    kinds: tuple[str, ...] = ("forward", "forward_backward")) -> list[Timing]:
+                    kinds: tuple[str, ...] = ("forward", "forward_backward"),
+                    on_step: Callable[[str], None] | None = None) -> list[Timing]:
     """Medians over ``rounds`` interleaved rounds of ``per_round`` calls each of ``kinds``
     (``"forward"``, ``"forward_backward"``); ``compile_s`` is the first call of the last kind
-    in ``kinds``."""
+    in ``kinds``. ``on_step(done)`` is called after each candidate's first calls and after each
+    candidate's turn in every round, ``len(candidates) * (rounds + 1)`` steps in all (fewer
+    when an optional candidate is left out), with what was just done."""
+    step = on_step or (lambda done: None)
     for c in candidates:
         missing = [kind for kind in kinds if getattr(c, kind) is None]
         if missing:
@@ -283,6 +287,7 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
             if not c.optional:
                 raise
             print(f"left out {c.name}: {type(error).__name__}: {error}", file=sys.stderr)
+            step(f"left out {c.name}")
             continue
         running.append(c)
         timings[c.name] = Timing(c.name, compile_s=time.perf_counter() - start)
@@ -291,8 +296,9 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
                 getattr(c, kind)()
         if c.activation_bytes is not None:
             timings[c.name].activation_bytes = int(c.activation_bytes())
+        step(f"compiled {c.name}")
     samples: dict[tuple[str, str], list[float]] = {}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for c in running:
             for kind in kinds:
                 fn = getattr(c, kind)
@@ -308,6 +314,7 @@ def time_candidates(candidates: list[Candidate], rounds: int, per_round: int, wa
                 elapsed = time.perf_counter() - start
                 gc.enable()
                 samples.setdefault((c.name, kind), []).append(elapsed / per_round)
+            step(f"round {round_ + 1}/{rounds} {c.name}")
     for (name, kind), values in samples.items():
         setattr(timings[name], f"{kind}_s", float(np.median(values)))
     return list(timings.values())

@@ -25,6 +25,16 @@ SUITES = {
 SUITE_PACKAGES = {"parity": "parity", "bench": "benchmarks"}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help; an option whose default is ``None`` states
+    in its own help what it defaults to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class UsageError(Exception):
     """A mistake in the command line (exit code 2)."""
 
@@ -185,7 +195,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _run_suite(command: str, argv: list[str]) -> int:
-    """Run ``<package>.__main__.main(argv)`` of a suite that lives in the source checkout."""
+    """Run ``<package>.__main__.main(argv, prog="jaxlstm <command>")`` of a suite that lives in
+    the source checkout (``prog`` is the name its ``--help`` shows)."""
     package = SUITE_PACKAGES[command]
     try:
         suite_main = load_suite(package, CHECKOUT_ROOT)
@@ -200,13 +211,13 @@ def _run_suite(command: str, argv: list[str]) -> int:
         _error(command, f"{error}; the {command} suite needs: pip install -e '.[test]'")
         return 2
     try:
-        result = suite_main(argv)
+        result = suite_main(argv, prog=f"jaxlstm {command}")
     except SystemExit as done:  # the suite's argparse: --help (0) or a usage error (2)
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     return int(result or 0)
 
 
-def load_suite(package: str, root: Path) -> Callable[[list[str]], int | None]:
+def load_suite(package: str, root: Path) -> Callable[..., int | None]:
     """``main`` of ``<package>/__main__.py``, from ``root`` when the package lives there.
 
     Raises :class:`UsageError` when the package is neither in ``root`` nor importable.

@@ -71,15 +71,16 @@ class _TorchNamedParams(nn.Module):
     """Creates one Linen param per torch parameter name of ``self.config``."""
 
     def _torch_params(self, x: Array, hx: State | None) -> dict[str, Array]:
-        """The parameters, after torch's dtype check of ``x`` and ``hx`` (unless ``dtype`` is
-        set, which casts everything to that compute dtype)."""
+        """The parameters, after torch's dtype check of ``x`` and ``hx`` in ``apply`` (unless
+        ``dtype`` is set, which casts everything to that compute dtype)."""
         config = self.config
         init = torch_uniform(config.hidden_size)
         params = {
             name: self.param(name, init, shape, self.param_dtype)
             for name, shape in config.param_shapes().items()
         }
-        if self.dtype is None:
+        if self.dtype is None and not self.is_initializing():
+            # init only creates the parameters, whatever dtype its example input has.
             check_dtypes(config, next(iter(params.values())).dtype, x, hx)
         return params
 

@@ -7,12 +7,14 @@ import sys
 import time
 import warnings
 
+from jaxlstm.progress import progress
 from parity import grid, report, runner
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m parity") -> int:
+    """Run the parity grid; ``prog`` names the command in ``--help`` (``jaxlstm parity``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m parity",
+        prog=prog,
         description="Compare jaxlstm with real torch (outputs, states and gradients).",
     )
     parser.add_argument("--quick", action="store_true", help="the small CI grid")
@@ -29,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     cases = grid.grid(full=not args.quick)
     start = time.perf_counter()
     results = []
-    for case in cases:
-        for dtype in args.dtype:
-            results.extend(runner.run_case(case, dtype, args.seed))
+    runs = progress([(case, dtype) for case in cases for dtype in args.dtype],
+                    desc="parity", unit="case")
+    for case, dtype in runs:
+        failed = sum(not r.passed for r in results)
+        runs.set_postfix_str(f"{failed} failed, now {case.name} {dtype}", refresh=False)
+        results.extend(runner.run_case(case, dtype, args.seed))
+    runs.close()
     print(report.table(results))
     print()
     for key, value in report.versions().items():

@@ -4,6 +4,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 import jaxlstm
@@ -26,6 +27,95 @@ def test_benchmark_suite_writes_its_reports(tmp_path, monkeypatch):
     assert all(t["forward_s"] > 0 and t["activation_bytes"] > 0 for t in timings)
     assert paths["png"].stat().st_size > 1000
     assert "| T4 B2 I3 H5 L2 bi | jaxlstm |" in paths["md"].read_text()
+
+
+TINY = ["--shapes", "cpu", "--rounds", "1", "--per-round", "1"]
+
+
+def _tiny_shapes(monkeypatch, count=1):
+    """Two shapes, each timed with cheap stand-ins: these tests are about the run, not speed."""
+    shapes = [suite.Shape(3, 2, 3, 4), suite.Shape(2, 1, 3, 4)][:count]
+    monkeypatch.setattr(suite, "CPU_SHAPES", shapes)
+
+    def work():
+        return sum(range(1000))
+
+    monkeypatch.setattr(bench, "candidates", lambda shape, gpu, memory=False: [
+        suite.Candidate(name, work, work, lambda: 1) for name in ("torch", "jaxlstm")])
+
+
+def _committed_tables():
+    return {p.name: p.read_bytes() for p in bench.RECORD_DIR.glob("*.*")}
+
+
+def test_reports_go_to_the_working_directory_and_never_to_the_checkout(
+        tmp_path, monkeypatch, capsys):
+    _tiny_shapes(monkeypatch)
+    committed = _committed_tables()
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(TINY) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "md", "png"]
+    assert all(n.startswith("bench-cpu-2") for n in names)
+    assert _committed_tables() == committed
+    err = capsys.readouterr().err
+    assert "shape 1/1 T3 B2 I3 H4 L1 uni" in err and "round 1/1" in err  # progress, on stderr
+
+
+def test_out_directory_is_created_and_results_are_written_after_each_shape(
+        tmp_path, monkeypatch):
+    _tiny_shapes(monkeypatch, count=2)
+    calls = []
+    plain = bench.candidates
+
+    def second_shape_fails(shape, gpu, memory=False):
+        calls.append(shape)
+        if len(calls) == 2:
+            raise RuntimeError("the machine went away")
+        return plain(shape, gpu, memory)
+
+    monkeypatch.setattr(bench, "candidates", second_shape_fails)
+    out = tmp_path / "new" / "dir"
+    with pytest.raises(RuntimeError, match="went away"):
+        bench.main([*TINY, "--out", str(out), "--name", "run"])
+    report = json.loads((out / "run.json").read_text())
+    assert [r["shape"] for r in report["results"]] == ["T3 B2 I3 H4 L1 uni"]
+    assert "| T3 B2 I3 H4 L1 uni | jaxlstm |" in (out / "run.md").read_text()
+
+
+def test_unwritable_reports_fail_before_anything_is_timed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(suite, "time_candidates", lambda *a, **k: pytest.fail("timed"))
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as done:
+        bench.main([*TINY, "--out", str(blocker / "sub")])
+    assert done.value.code == 2
+    assert "cannot write the reports" in capsys.readouterr().err
+
+
+def test_record_writes_the_committed_tables_and_only_on_a_full_run(tmp_path, monkeypatch):
+    _tiny_shapes(monkeypatch)
+    monkeypatch.setattr(bench, "RECORD_DIR", tmp_path)
+    assert bench.main([*TINY, "--record"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json", "results.md", "results.png"]
+    for extra in (["--quick"], ["--out", "x"], ["--json", "x.json"]):
+        with pytest.raises(SystemExit) as done:
+            bench.main([*TINY, "--record", *extra])
+        assert done.value.code == 2
+
+
+def test_bench_help_names_the_command_and_every_default(capsys):
+    from jaxlstm import cli
+
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxlstm bench")
+    for option, default in [("--rounds", "(default: 9)"), ("--per-round", "(default: 3)"),
+                            ("--shapes", "(default: auto)"), ("--out", "current directory"),
+                            ("--json", "DIR/NAME.json"), ("--png", "DIR/NAME.png"),
+                            ("--markdown", "DIR/NAME.md"), ("--name", "bench-<shapes>-")]:
+        assert option in out and default in out, option
 
 
 def test_floor_writes_its_reports(tmp_path, monkeypatch):

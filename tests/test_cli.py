@@ -53,6 +53,8 @@ def test_help_everywhere(capsys, command):
     code, out, _ = _run(capsys, *command, "--help")
     assert code == 0
     assert "usage:" in out
+    if command:
+        assert out.startswith(f"usage: jaxlstm {command[0]}")
     if command == ["parity"]:
         assert "--quick" in out  # the parity suite's own options
 
@@ -205,13 +207,14 @@ def test_suites_run_from_the_checkout_root_and_pass_arguments(capsys, tmp_path, 
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(
-        "def main(argv):\n    print('suite got', argv)\n    return 1 if '--fail' in argv else 0\n"
+        "def main(argv, prog):\n    print(prog, 'got', argv)\n"
+        "    return 1 if '--fail' in argv else 0\n"
     )
     monkeypatch.setattr(cli, "CHECKOUT_ROOT", tmp_path)
     monkeypatch.setitem(cli.SUITE_PACKAGES, "bench", "jaxlstm_fake_suite")
     monkeypatch.setattr(sys, "path", list(sys.path))
     code, out, _ = _run(capsys, "bench", "--quick", "--fail")
-    assert code == 1 and "suite got ['--quick', '--fail']" in out
+    assert code == 1 and "jaxlstm bench got ['--quick', '--fail']" in out
     assert _run(capsys, "bench")[0] == 0
 
 

@@ -1,0 +1,57 @@
+"""Progress display for the long runs (``jaxlstm parity``, ``jaxlstm bench``).
+
+On a terminal: a ``tqdm`` bar redrawn in place. Piped into a file or a CI log: one plain line
+every ``PIPED_INTERVAL_S`` seconds at most (and at the end), so a log shows the run is alive.
+Both go to stderr, leaving stdout to the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+PIPED_INTERVAL_S = 10.0
+
+
+class _Lines:
+    """A stream for tqdm that turns each redraw (``\\r`` + status) into a line of its own."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+    unit: str = "it",
+    file: IO[str] | None = None,
+) -> Any:
+    """A ``tqdm`` progress bar over ``iterable`` (or updated by hand up to ``total``).
+
+    **Arguments:**
+
+    - ``iterable``: what to iterate over; ``None`` for a bar advanced with ``.update()``.
+    - ``total``: the number of steps (default ``len(iterable)``).
+    - ``desc``, ``unit``: the label in front and the name of a step.
+    - ``file``: where to draw (default stderr); a bar on a terminal, periodic lines otherwise.
+    """
+    from tqdm import tqdm
+
+    stream = sys.stderr if file is None else file
+    if stream.isatty():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, mininterval=0.2,
+                    dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=_Lines(stream),
+                mininterval=PIPED_INTERVAL_S, ascii=True, ncols=100)
