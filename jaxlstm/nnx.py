@@ -14,8 +14,8 @@ from jaxlstm import functional
 from jaxlstm.config import (
     LSTMCellConfig,
     LSTMConfig,
-    check_dtypes,
     check_dropout,
+    check_dtypes,
     check_lengths_at_run_time,
 )
 
