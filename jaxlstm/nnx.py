@@ -95,7 +95,9 @@ class LSTM(_TorchNamedParams):
     - ``batch_first``: input/output as ``(N, L, *)`` instead of ``(L, N, *)``; never applies to
       ``h_n``/``c_n`` (default ``False``).
     - ``dropout``: probability of zeroing each layer's output except the last, in training mode
-      only (default 0).
+      only (default 0). Each call draws a new mask from the ``dropout`` stream, whose counter is
+      module state: ``nnx.jit`` carries it across calls; under ``jax.jit`` over ``nnx.split``,
+      return ``nnx.state(model)`` and pass it to the next call, or every call repeats one mask.
     - ``bidirectional``: add a reverse direction, ``D = 2`` (default ``False``).
     - ``proj_size``: if ``> 0``, project ``h`` to this size with ``weight_hr`` (default 0).
     - ``rngs``: ``nnx.Rngs`` with a ``params`` stream for init and a ``dropout`` stream for
