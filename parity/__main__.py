@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m parity") -> int:
     cases = grid.grid(full=not args.quick)
     start = time.perf_counter()
     results = []
-    runs = progress([(case, dtype) for case in cases for dtype in args.dtype],
-                    desc="parity", unit="case")
+    runs = [(case, dtype) for case in cases for dtype in args.dtype]
+    bar = progress(total=len(runs), desc="parity", unit="case")
     for case, dtype in runs:
-        failed = sum(not r.passed for r in results)
-        runs.set_postfix_str(f"{failed} failed, now {case.name} {dtype}", refresh=False)
         results.extend(runner.run_case(case, dtype, args.seed))
-    runs.close()
+        failed = sum(not r.passed for r in results)
+        bar.set_postfix_str(f"{failed} failed, last {case.name} {dtype}", refresh=False)
+        bar.update()
+    bar.close()
     print(report.table(results))
     print()
     for key, value in report.versions().items():
