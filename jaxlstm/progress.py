@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 PIPED_INTERVAL_S = 10.0
+# No bar in a log: the count, the times and what was done last.
+PIPED_FORMAT = ("{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}, {rate_fmt}]{postfix}")
 
 
 class _Lines:
@@ -54,4 +57,4 @@ def progress(
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, mininterval=0.2,
                     dynamic_ncols=True)
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=_Lines(stream),
-                mininterval=PIPED_INTERVAL_S, ascii=True, ncols=100)
+                mininterval=PIPED_INTERVAL_S, bar_format=PIPED_FORMAT)
