@@ -22,12 +22,14 @@ class _Lines:
 
     def __init__(self, stream: IO[str]):
         self.stream = stream
+        self.last = ""
 
     def write(self, text: str) -> None:
         text = text.replace("\r", "").strip()
-        if text:
+        if text and text != self.last:  # closing the bar redraws its last state
             self.stream.write(text + "\n")
             self.stream.flush()
+            self.last = text
 
     def flush(self) -> None:
         self.stream.flush()
