@@ -94,23 +94,30 @@ def finish_page(page: Path, process: subprocess.Popen) -> None:
         pytest.fail(f"{name}: {where} failed:\n{output[-6000:]}", pytrace=False)
 
 
+RUNNABLE = [page for page in PAGES if python_blocks(page)]
+
+
 @pytest.fixture(scope="module")
-def page_runs(tmp_path_factory):
-    """Starts every page at once (they are independent interpreters), for the tests to await."""
-    runs = {}
-    for page in PAGES:
-        if python_blocks(page):
-            runs[page] = start_page(page, tmp_path_factory.mktemp(page.stem))
+def page_runs(request, tmp_path_factory):
+    """Starts every selected page at once (independent interpreters), for the tests to await."""
+    selected = [item.callspec.params["page"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_python_blocks_run"]
+    runs = {page: start_page(page, tmp_path_factory.mktemp(page.stem)) for page in selected}
     yield runs
     for process in runs.values():
         if process.poll() is None:
             process.kill()
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_guides_are_among_the_pages_run():
+    names = {str(page.relative_to(ROOT)) for page in RUNNABLE}
+    guides = {"README.md", "docs/index.md", "docs/porting.md", "docs/training.md",
+              "docs/variable-length.md", "docs/parity.md"}
+    assert guides <= names, guides - names
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_python_blocks_run(page, page_runs):
-    if page not in page_runs:
-        pytest.skip("no Python blocks")
     finish_page(page, page_runs[page])
 
 
