@@ -1,9 +1,10 @@
 """jaxlstm: PyTorch's ``nn.LSTM``, ``nn.LSTMCell`` and BiLSTM in JAX/Flax — same arguments,
 same shapes, same numbers.
 
-The submodules listed in ``_LAZY_SUBMODULES`` are imported on first attribute access
-(``jaxlstm.linen.LSTM(...)`` works after a bare ``import jaxlstm``), so that ``import jaxlstm``
-stays quick and never imports torch or the optional libraries those submodules use.
+The public submodules that a bare ``import jaxlstm`` does not load (``linen``, ``data``,
+``checkpoint``, ``files``, ``formats``) are imported on first attribute access:
+``jaxlstm.linen.LSTM(...)`` works after ``import jaxlstm`` alone, which stays quick and never
+imports torch or the optional libraries those submodules use.
 """
 
 import importlib
