@@ -3,16 +3,14 @@
 A padded batch plus its lengths is what :func:`jaxlstm.functional.lstm` (and the modules) take as
 ``x, seq_lengths=lengths``; it stands in for torch's ``PackedSequence``:
 
-=====================================================  ==========================================
-torch                                                  jaxlstm
-=====================================================  ==========================================
-``pad_sequence(seqs, batch_first)``                    ``padded, lengths = pad_sequences(seqs,
-                                                       batch_first)``
-``lstm(pack_padded_sequence(x, lengths, ...))``        ``lstm(x, seq_lengths=lengths)``
-``pad_packed_sequence(packed, batch_first)``           ``from_packed(packed, batch_first)``
-``unpad_sequence(padded, lengths, batch_first)``       ``unpad_sequences(padded, lengths,
-                                                       batch_first)``
-=====================================================  ==========================================
+| torch                                            | jaxlstm                                  |
+|--------------------------------------------------|------------------------------------------|
+| ``pad_sequence(seqs, batch_first)``              | ``pad_sequences(seqs, batch_first)``     |
+| ``lstm(pack_padded_sequence(x, lengths, ...))``  | ``lstm(x, seq_lengths=lengths)``         |
+| ``pad_packed_sequence(packed, batch_first)``     | ``from_packed(packed, batch_first)``     |
+| ``unpad_sequence(padded, lengths, batch_first)`` | ``unpad_sequences(padded, lengths, ...)``|
+
+``pad_sequences`` and ``from_packed`` return ``(padded, lengths)``.
 
 These run on the host with numpy (input pipelines), so they return numpy arrays.
 """
