@@ -18,7 +18,7 @@ import torch
 
 from benchmarks import suite
 from jaxlstm.cli import HelpFormatter
-from jaxlstm.progress import progress
+from jaxlstm._progress import progress
 
 
 def _tf32(enabled: bool):

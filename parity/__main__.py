@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 
-from jaxlstm.progress import progress
+from jaxlstm._progress import progress
 from parity import grid, report, runner
 
 

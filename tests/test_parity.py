@@ -55,7 +55,7 @@ def test_parity_run_shows_progress_when_piped_and_still_prints_the_report(
 def test_progress_lines_when_piped_come_at_least_every_twenty_seconds():
     import io
 
-    from jaxlstm import progress
+    from jaxlstm import _progress as progress
 
     stream = io.StringIO()
     assert 0 < progress.PIPED_INTERVAL_S <= 20
