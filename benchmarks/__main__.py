@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from benchmarks import suite
-from jaxlstm.cli import HelpFormatter
 from jaxlstm._progress import progress
+from jaxlstm.cli import HelpFormatter
 
 
 def _tf32(enabled: bool):
