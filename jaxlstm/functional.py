@@ -514,6 +514,10 @@ def _chunked_forward(inputs: LayerInputs, valid, chunk: int, schedule: Schedule)
     return y[: x.shape[0]], state, starts
 
 
+# The default of ``lstm(..., chunk_rows=)``.
+DEFAULT_CHUNK_ROWS = 1024
+
+
 def _inference_chunk(steps: int, batch: int, rows: int) -> int:
     """The chunk length of the forward-only pass for about ``rows`` rows (steps x batch) of
     input projection per chunk (``steps``: no chunks), dividing ``steps`` where a near choice
@@ -781,7 +785,7 @@ def lstm(
     unroll: int = 1,
     padding_value: float = 0.0,
     remat: bool | int = False,
-    chunk_rows: int = 1024,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> tuple[Array, State]:
     """Multi-layer (bi)directional LSTM over a whole sequence, as ``torch.nn.LSTM.forward``.
 
