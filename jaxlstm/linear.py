@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -66,6 +67,15 @@ def _zeros_if_symbolic(values, avals):
             for v, a in zip(values, avals)]
 
 
+def _tangent_of(value, tangent):
+    """``tangent`` as ``jax.jvp`` takes it: zeros for a symbolic zero, ``float0`` for an
+    integer or boolean ``value`` (a mask, say)."""
+    aval = jax.typeof(value)
+    if not jnp.issubdtype(aval.dtype, jnp.inexact):
+        return np.zeros(aval.shape, jax.dtypes.float0)
+    return jnp.zeros(aval.shape, aval.dtype) if type(tangent) is ad.Zero else tangent
+
+
 def _jvp(primals, tangents, *, fun, transpose, num_res, out_avals):
     params = dict(fun=fun, transpose=transpose, num_res=num_res, out_avals=out_avals)
     res, lin = primals[:num_res], primals[num_res:]
@@ -76,10 +86,7 @@ def _jvp(primals, tangents, *, fun, transpose, num_res, out_avals):
     out_dot = linear_map_p.bind(*res, *lin_dot, **params)
     if any(type(t) is not ad.Zero for t in res_dot):
         # The map's dependence on its residuals (second order): JAX's own derivative of ``fun``.
-        res_dot = _zeros_if_symbolic(res_dot, [jax.typeof(v) for v in res])
-        res_dot = [jnp.zeros(jax.typeof(r).shape, jax.dtypes.float0)
-                   if not jnp.issubdtype(jax.typeof(r).dtype, jnp.inexact) else t
-                   for r, t in zip(res, res_dot)]
+        res_dot = [_tangent_of(r, t) for r, t in zip(res, res_dot)]
         _, extra = jax.jvp(lambda *r: fun(*r, *lin), tuple(res), tuple(res_dot))
         out_dot = [a + b for a, b in zip(out_dot, extra)]
     return out, out_dot
