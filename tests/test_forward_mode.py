@@ -138,7 +138,7 @@ def random_like(tree, seed):
     return jax.tree.map(lambda a: rng.standard_normal(np.shape(a)), tree)
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[6]], ids=lambda c: c.name)
+@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=lambda c: c.name)
 def test_jvp_is_the_transpose_of_vjp(case):
     with jax.enable_x64(True):
         f, primals = lstm_problem(case)

@@ -72,7 +72,7 @@ def test_repeated_calls_are_bitwise_identical(remat):
 def test_jit_matches_eager_values_and_gradients():
     """Eager is ``jax.disable_jit``: every primitive dispatched on its own, loops in Python, no
     compiled program anywhere (the functional core is jitted otherwise)."""
-    model = make_model(batch_first=True, remat=2)
+    model = make_model(batch_first=True)
     x, hx = randn(3, 5, 3), state_inputs(model, 3)
     tangent = randn(3, 5, 3)
 
