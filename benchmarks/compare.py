@@ -2,8 +2,10 @@
 
 ``python -m benchmarks.compare REV [REV ...]`` loads ``jaxlstm/functional.py`` as it was at each
 git revision next to the working tree's and times forward and forward+backward on the CPU
-shapes in interleaved rounds (medians), printing each as a ratio to torch measured in the same
-run. This is how each step of the fast path was kept or dropped (see ``benchmarks/README.md``).
+shapes in interleaved rounds (medians), printing each as a ratio to torch and to the first
+revision given, measured in the same run, with each one's first forward+backward call (trace,
+compile, run) and what its forward pass saves for the backward pass. This is how each step of
+the fast path was kept or dropped (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ def core_candidate(core, name: str, module: torch.nn.Module, shape: suite.Shape)
     def run(params, x):
         return core.lstm(params, x, config=config)[0]
 
-    return suite.jax_candidate(name, run, params, x, saved=False)
+    return suite.jax_candidate(name, run, params, x)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     parser.add_argument("revisions", nargs="+", help="git revisions to compare against")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--per-round", type=int, default=3)
     args = parser.parse_args(argv)
     cores = {rev: load_revision(rev) for rev in args.revisions}
     cores["working tree"] = functional
@@ -56,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         module = suite.torch_lstm(shape)
         found = [suite.torch_candidate(module, shape, "cpu")]
         found += [core_candidate(core, name, module, shape) for name, core in cores.items()]
-        timings = suite.time_candidates(found, args.rounds, per_round=3)
-        anchor = timings[0]
-        print(shape.label)
+        timings = suite.time_candidates(found, args.rounds, per_round=args.per_round)
+        anchor, before = timings[0], timings[1]
+        print(f"{shape.label}  (ratios to torch | to {before.implementation})")
         for t in timings:
-            print(f"  {t.implementation:<14} forward {t.forward_s / anchor.forward_s:5.2f}  "
-                  f"forward+backward {t.forward_backward_s / anchor.forward_backward_s:5.2f}")
+            line = (f"  {t.implementation:<14} forward {t.forward_s / anchor.forward_s:5.2f} | "
+                    f"{t.forward_s / before.forward_s:5.3f}  forward+backward "
+                    f"{t.forward_backward_s / anchor.forward_backward_s:5.2f} | "
+                    f"{t.forward_backward_s / before.forward_backward_s:5.3f}  "
+                    f"first call {t.compile_s:5.2f} s")
+            if t.activation_bytes is not None:
+                line += f"  saved {t.activation_bytes / 2**20:6.1f} MB"
+            print(line, flush=True)
     return 0
 
 

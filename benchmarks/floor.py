@@ -77,7 +77,7 @@ def projections(inputs, w_ih):
     jaxlstm's forward pass makes them."""
     out = []
     for x, w in zip(inputs, w_ih):
-        chunk = functional._inference_chunk(*x.shape[:2])
+        chunk = functional._inference_chunk(*x.shape[:2], functional.DEFAULT_CHUNK_ROWS)
         for start in range(0, x.shape[0], chunk):
             out.append(functional._project(x[start:start + chunk], w, None))
     return out
@@ -93,8 +93,8 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
     with jax.default_device(jax.devices("cpu")[0]):
         weights = [functional._layer_weights(params, config, layer, jnp.float32)
                    for layer in layers]
-        w_ih = [w[0] for w in weights]
-        w_hh_t = [jnp.swapaxes(w[1], 1, 2) for w in weights]
+        w_ih = [w.w_ih for w in weights]
+        w_hh_t = [jnp.swapaxes(w.w_hh, 1, 2) for w in weights]
         inputs = [jnp.asarray(suite._inputs(shape))] + [
             jnp.asarray(rng.standard_normal((shape.seq_len, shape.batch, directions * hidden)),
                         jnp.float32) for _ in layers[1:]

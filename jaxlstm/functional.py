@@ -16,17 +16,25 @@ one loop (a batched matmul over the direction axis), the reverse one reading eve
 end. Variable lengths follow torch's ``PackedSequence`` semantics: the reverse direction starts
 at each sequence's own last valid element, states stop updating after a sequence's last step,
 outputs past it are ``padding_value``.
+
+Derivatives: each layer is a ``jax.custom_jvp``. Its tangent is a linear recurrence over the
+activations the training loop records (the weights' tangents enter through GEMMs over all steps
+before the loop), declared with :func:`jaxlstm.linear.linear_map` to have the hand-scheduled
+backward loop as its transpose; JAX's reverse mode transposes the tangent, so it runs exactly
+that backward pass. Both derivative loops use the cell's one hand-written derivative
+(:func:`_cell_activate_vjp`, whose transpose is the cell's JVP).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from jaxlstm.config import (
     LSTMCellConfig,
@@ -37,6 +45,7 @@ from jaxlstm.config import (
     check_seq_lengths,
     param_suffix,
 )
+from jaxlstm.linear import linear_map
 
 Array = jax.Array
 State = tuple[Array, Array]
@@ -54,66 +63,91 @@ def gate_scale(hidden_size: int, dtype: Any) -> Array:
     return jnp.repeat(jnp.asarray(_GATE_SCALE, dtype), hidden_size)
 
 
+def _sigmoid_from_tanh(t: Array) -> Array:
+    """``sigmoid(x)`` from ``t = tanh(x / 2)``."""
+    return 0.5 * t + 0.5
+
+
 def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
     """The LSTM state update from scaled pre-activations (..., 4H) and cell state ``c`` (..., H).
 
     This is the only place the gate equations live. ``scaled_gates`` are torch's
     ``x W_ih^T + b_ih + h W_hh^T + b_hh`` times :func:`gate_scale`. Returns ``(h, c', t)`` with
-    ``h`` before any projection and ``t = tanh(scaled_gates)`` (what the backward pass needs).
+    ``h`` before any projection and ``t = tanh(scaled_gates)`` (what the derivatives need).
     """
     t = jnp.tanh(scaled_gates)
     c_new = _cell_state(t, c)
     t_o = jnp.split(t, 4, axis=-1)[3]
-    return (0.5 * t_o + 0.5) * jnp.tanh(c_new), c_new, t
+    return _sigmoid_from_tanh(t_o) * jnp.tanh(c_new), c_new, t
 
 
 def _cell_state(t: Array, c: Array) -> Array:
     """``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`` from ``t = tanh(scaled_gates)``; the
-    backward loop recomputes it from the saved ``t`` rather than saving ``c'``."""
+    derivative loops recompute it from the saved ``t`` rather than saving ``c'``."""
     t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
-    return (0.5 * t_f + 0.5) * c + (0.5 * t_i + 0.5) * g
+    return _sigmoid_from_tanh(t_f) * c + _sigmoid_from_tanh(t_i) * g
 
 
 def _cell_activate_vjp(
     t: Array, c_new: Array, c: Array, dh: Array, dc_new: Array
 ) -> tuple[Array, Array]:
     """Reverse of :func:`cell_activate`: cotangents of ``(scaled_gates, c)`` from those of
-    ``(h, c')``, using the saved ``t = tanh(scaled_gates)``."""
+    ``(h, c')``, using the saved ``t = tanh(scaled_gates)``. The one hand-written derivative of
+    the gate equations: :func:`_cell_activate_jvp` is its transpose."""
     t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
     tanh_c = jnp.tanh(c_new)
-    dc_total = dc_new + dh * (0.5 * t_o + 0.5) * (1.0 - tanh_c * tanh_c)
+    dc_total = dc_new + dh * _sigmoid_from_tanh(t_o) * (1.0 - tanh_c * tanh_c)
     # d gate = upstream * partner * tanh'(scaled) * scale, written over all 4H columns at once
     # so that the step compiles to one fused loop rather than four pieces and a concatenation.
     upstream = jnp.concatenate([dc_total, dc_total, dc_total, dh], axis=-1)
-    partner = jnp.concatenate([g, c, 0.5 * t_i + 0.5, tanh_c], axis=-1)
+    partner = jnp.concatenate([g, c, _sigmoid_from_tanh(t_i), tanh_c], axis=-1)
     scale = gate_scale(c.shape[-1], t.dtype)
     d_scaled = upstream * partner * (1.0 - t * t) * scale
-    return d_scaled, dc_total * (0.5 * t_f + 0.5)
+    return d_scaled, dc_total * _sigmoid_from_tanh(t_f)
 
 
-@jax.custom_vjp
+def _cell_activate_jvp(
+    t: Array, c_new: Array, c: Array, d_scaled: Array, dc: Array
+) -> tuple[Array, Array]:
+    """Forward derivative of :func:`cell_activate`: tangents of ``(h, c')`` from those of
+    ``(scaled_gates, c)``, as the transpose of :func:`_cell_activate_vjp` (it is linear in its
+    cotangents), so that the derivative of the gate equations is written once."""
+    state = jax.ShapeDtypeStruct(c.shape, c.dtype)
+    vjp = partial(_cell_activate_vjp, t, c_new, c)
+    return jax.linear_transpose(vjp, state, state)((d_scaled, dc))
+
+
+@jax.custom_jvp
 def cell_update(gates: Array, c: Array) -> State:
     """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
 
     Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
-    ``h = sigmoid(o) * tanh(c')``. Differentiated by the same code as the sequence path.
+    ``h = sigmoid(o) * tanh(c')``. Differentiated (both modes) by the same code as the
+    sequence path.
     """
-    return _cell_update_fwd(gates, c)[0]
+    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    return h, c_new
 
 
-def _cell_update_fwd(gates: Array, c: Array):
-    scale = gate_scale(c.shape[-1], gates.dtype)
-    h, c_new, t = cell_activate(gates * scale, c)
-    return (h, c_new), (t, c_new, c, scale)
+def _cell_update_tangent(residuals, tangents):
+    t, c_new, c = residuals
+    d_gates, dc = tangents
+    return _cell_activate_jvp(t, c_new, c, d_gates * gate_scale(c.shape[-1], t.dtype), dc)
 
 
-def _cell_update_bwd(residuals, cotangents):
-    t, c_new, c, scale = residuals
+def _cell_update_cotangent(residuals, cotangents):
+    t, c_new, c = residuals
     d_scaled, d_c = _cell_activate_vjp(t, c_new, c, *cotangents)
-    return d_scaled * scale, d_c
+    return d_scaled * gate_scale(c.shape[-1], t.dtype), d_c
 
 
-cell_update.defvjp(_cell_update_fwd, _cell_update_bwd)
+@cell_update.defjvp
+def _cell_update_jvp(primals, tangents):
+    gates, c = primals
+    h, c_new, t = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    out = (h, c_new)
+    return out, linear_map(_cell_update_tangent, _cell_update_cotangent, (t, c_new, c),
+                           tangents, out)
 
 
 def _time(direction: int, step: Array, steps: int) -> Array:
@@ -160,84 +194,202 @@ def _put_columns(y: Array, blocks: Array, step: Array) -> Array:
     return y
 
 
+
 def _masked(x: Array, keep: Array | None) -> Array:
     return x if keep is None else jnp.where(keep, x, jnp.zeros_like(x))
 
 
-def _forward_loop(gates_x, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, save,
-                  y=None, offset=0):
-    """The recurrence of D directions in one loop.
+class LayerWeights(NamedTuple):
+    """One layer's weights in torch's layout (also the structure of their tangents and
+    gradients): ``w_ih`` one (4H, I) array per direction (each direction projects separately,
+    so they are never stacked), ``w_hh`` (D, 4H, P), ``bias`` (D, 4H) ``b_ih + b_hh`` or
+    ``None``, and the projection transposed, ``w_hr_t`` (D, H, P) or ``None``."""
 
-    ``gates_x`` holds one (T, N, 4H) buffer per direction in natural time order; with ``save``
-    the loop overwrites each step's row with ``t = tanh(gates)`` in place and also records the
-    state entering each step (zero at invalid steps) and, with a projection, the unprojected
-    output: what the backward pass needs, ``(t, h_prev, c_prev, r)`` per direction.
-    Returns ``(y, (h_T, c_T), saved)`` with ``y`` the layer output (T, N, D*P), zero at invalid
-    steps. The bias is added inside the step, fused with the step's other elementwise work.
+    w_ih: tuple[Array, ...]
+    w_hh: Array
+    bias: Array | None
+    w_hr_t: Array | None
 
-    Given ``y``, the loop writes into it instead, as steps ``offset .. offset+T-1`` of a longer
-    sequence: a chunk of a layer, whose output then needs no assembling.
-    """
+
+class LayerInputs(NamedTuple):
+    """What a layer is differentiated with respect to; tangents and cotangents have this
+    structure. ``x`` (T, N, I), ``h0`` (D, N, P), ``c0`` (D, N, H)."""
+
+    x: Array
+    weights: LayerWeights
+    h0: Array
+    c0: Array
+
+
+class Saved(NamedTuple):
+    """What the training loop records at every step, one (T, N, F) buffer per direction each,
+    zero at invalid steps: ``t = tanh(scaled gates)`` (4H; the backward loop overwrites it with
+    the gate gradients), the states entering the step ``h_prev`` (P) and ``c_prev`` (H), and
+    with a projection the unprojected output ``r`` (H; else ``()``)."""
+
+    t: tuple[Array, ...]
+    h_prev: tuple[Array, ...]
+    c_prev: tuple[Array, ...]
+    r: tuple[Array, ...]
+
+
+class Residuals(NamedTuple):
+    """What a layer's derivatives keep from its forward pass: the input, weights and valid
+    mask, and either every step's :class:`Saved` or, with remat, ``starts``: the states
+    entering each chunk (a chunk's activations are recomputed from them)."""
+
+    x: Array
+    weights: LayerWeights
+    valid: Array | None
+    saved: Saved | None
+    starts: State | None
+
+
+class Schedule(NamedTuple):
+    """How a layer runs, not what it computes: matmul ``precision``, the forward loop's
+    ``unroll``, ``remat`` (0, or the chunk length of the rematerialising backward pass) and
+    ``chunk_rows`` (rows, steps x batch, of input projection per chunk of the forward-only
+    pass)."""
+
+    precision: Any
+    unroll: int
+    remat: int
+    chunk_rows: int
+
+
+def _step(row, state, keep, w_hh_t, w_hr_t, bias, scale, precision):
+    """One step of D directions from the input projections ``row`` (D, N, 4H) and ``state``:
+    returns ``(h_new, carry, r, t)``, ``carry`` holding ``state`` where ``keep`` is False.
+    ``bias`` (D, 1, 4H) and ``scale`` (:func:`gate_scale`) come from outside the loop: made
+    inside it, they cost the forward pass 17 % on the large CPU benchmark shape)."""
+    h, c = state
+    gates = row + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+    if bias is not None:
+        gates = gates + bias
+    r, c_new, t = cell_activate(gates * scale, c)
+    h_new = r
+    if w_hr_t is not None:
+        h_new = jnp.einsum("dnh,dhp->dnp", r, w_hr_t, precision=precision)
+    if keep is None:
+        return h_new, (h_new, c_new), r, t
+    return h_new, (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)), r, t
+
+
+def _keep(valid, step, steps):
+    return None if valid is None else _rows(valid, step, steps)[:, :, None]
+
+
+def _inference_loop(gates_x, weights: LayerWeights, state: State, valid, y, offset,
+                    schedule: Schedule):
+    """The recurrence of D directions in one loop, saving nothing: ``gates_x`` holds one
+    (T, N, 4H) buffer of input projections per direction in natural time order, and the loop
+    writes its outputs into ``y`` as steps ``offset .. offset+T-1`` of a longer sequence (a
+    chunk of a layer, whose output then needs no assembling). Returns ``(y, (h_T, c_T))``."""
+    steps = gates_x[0].shape[0]
+    w_hh_t = jnp.swapaxes(weights.w_hh, 1, 2)
+    bias = None if weights.bias is None else weights.bias[:, None, :]
+    scale = gate_scale(state[1].shape[-1], state[1].dtype)
+
+    def body(step, carry):
+        state, y = carry
+        keep = _keep(valid, step, steps)
+        h_new, state, _, _ = _step(_rows(gates_x, step, steps), state, keep, w_hh_t,
+                                   weights.w_hr_t, bias, scale, schedule.precision)
+        return state, _put_columns(y, _masked(h_new, keep), offset + step)
+
+    state, y = jax.lax.fori_loop(0, steps, body, (state, y), unroll=schedule.unroll)
+    return y, state
+
+
+def _training_loop(gates_x, weights: LayerWeights, state: State, valid, schedule: Schedule):
+    """The recurrence as :func:`_inference_loop`, recording :class:`Saved` for the derivatives:
+    each step's row of ``gates_x`` is overwritten in place with its ``t``. Returns ``(y,
+    (h_T, c_T), saved)`` with ``y`` the layer output (T, N, D*P), zero at invalid steps."""
     steps, batch = gates_x[0].shape[:2]
-    directions = len(gates_x)
+    h0, c0 = state
     dtype = h0.dtype
-    bias = None if bias is None else bias[:, None, :]
+    w_hh_t = jnp.swapaxes(weights.w_hh, 1, 2)
+    bias = None if weights.bias is None else weights.bias[:, None, :]
     scale = gate_scale(c0.shape[-1], dtype)
-    if y is None:
-        y = jnp.zeros((steps, batch, directions * h0.shape[-1]), dtype)
 
     def buffers(width):
-        return tuple(jnp.zeros((steps, batch, width), dtype) for _ in range(directions))
+        return tuple(jnp.zeros((steps, batch, width), dtype) for _ in gates_x)
 
-    saved = ()
-    if save:
-        r_buf = buffers(c0.shape[-1]) if w_hr_t is not None else ()
-        saved = (gates_x, buffers(h0.shape[-1]), buffers(c0.shape[-1]), r_buf)
+    r_buf = buffers(c0.shape[-1]) if weights.w_hr_t is not None else ()
+    saved = Saved(gates_x, buffers(h0.shape[-1]), buffers(c0.shape[-1]), r_buf)
+    y = jnp.zeros((steps, batch, len(gates_x) * h0.shape[-1]), dtype)
 
-    def body(step, state):
-        (h, c), y, saved = state
-        keep = None if valid is None else _rows(valid, step, steps)[:, :, None]
-        row = _rows(saved[0] if save else gates_x, step, steps)
-        gates = row + jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
-        if bias is not None:
-            gates = gates + bias
-        r, c_new, t = cell_activate(gates * scale, c)
-        h_new = r
-        if w_hr_t is not None:
-            h_new = jnp.einsum("dnh,dhp->dnp", r, w_hr_t, precision=precision)
-        if keep is None:
-            carry = (h_new, c_new)
-        else:
-            carry = (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c))
-        y = _put_columns(y, _masked(h_new, keep), offset + step)
-        if save:
-            t_buf, h_prev, c_prev, r_buf = saved
-            saved = (
-                _put_rows(t_buf, t, step, steps),
-                _put_rows(h_prev, _masked(h, keep), step, steps),
-                _put_rows(c_prev, _masked(c, keep), step, steps),
-                _put_rows(r_buf, _masked(r, keep), step, steps) if r_buf else (),
-            )
-        return carry, y, saved
+    def body(step, carry):
+        state, y, saved = carry
+        keep = _keep(valid, step, steps)
+        h_new, new_state, r, t = _step(_rows(saved.t, step, steps), state, keep, w_hh_t,
+                                       weights.w_hr_t, bias, scale, schedule.precision)
+        h, c = state
+        saved = Saved(
+            _put_rows(saved.t, t, step, steps),
+            _put_rows(saved.h_prev, _masked(h, keep), step, steps),
+            _put_rows(saved.c_prev, _masked(c, keep), step, steps),
+            _put_rows(saved.r, _masked(r, keep), step, steps) if saved.r else (),
+        )
+        return new_state, _put_columns(y, _masked(h_new, keep), step), saved
 
-    carry, y, saved = jax.lax.fori_loop(0, steps, body, ((h0, c0), y, saved), unroll=unroll)
-    return y, carry, saved
+    state, y, saved = jax.lax.fori_loop(0, steps, body, (state, y, saved),
+                                        unroll=schedule.unroll)
+    return y, state, saved
 
 
-def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision, offset=0):
-    """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's gates.
+def _tangent_loop(saved: Saved, drive, drive_h, weights: LayerWeights, state: State, valid,
+                  schedule: Schedule):
+    """The layer's tangent: the linear recurrence of ``(dh, dc)`` along :class:`Saved`.
 
-    ``saved`` is :func:`_forward_loop`'s; its ``t`` buffers are overwritten in place by the
+    ``drive`` (one (T, N, 4H) buffer per direction) is every gate tangent that does not come
+    through ``h``: the input's and the weights' contributions, computed by GEMMs over all steps
+    before the loop; ``drive_h`` (one (T, N, P) buffer per direction, or ``()``) is the
+    projection weight's contribution to each output. The cell's derivative is
+    :func:`_cell_activate_jvp`. Returns ``(dy, (dh_T, dc_T))`` shaped like the layer's outputs.
+    """
+    steps, batch = saved.t[0].shape[:2]
+    h0, _ = state
+    w_hh_t = jnp.swapaxes(weights.w_hh, 1, 2)
+    scale = gate_scale(saved.c_prev[0].shape[-1], h0.dtype)
+    dy = jnp.zeros((steps, batch, len(saved.t) * h0.shape[-1]), h0.dtype)
+
+    def body(step, carry):
+        (dh, dc), dy = carry
+        keep = _keep(valid, step, steps)
+        t, c_p = _rows(saved.t, step, steps), _rows(saved.c_prev, step, steps)
+        d_gates = _rows(drive, step, steps) + jnp.einsum(
+            "dnp,dpg->dng", dh, w_hh_t, precision=schedule.precision)
+        dr, dc_new = _cell_activate_jvp(t, _cell_state(t, c_p), c_p, d_gates * scale, dc)
+        dh_new = dr
+        if weights.w_hr_t is not None:
+            dh_new = jnp.einsum("dnh,dhp->dnp", dr, weights.w_hr_t, precision=schedule.precision)
+            if drive_h:
+                dh_new = dh_new + _rows(drive_h, step, steps)
+        # Select, never multiply by zero (as the backward loop): invalid steps may hold inf.
+        if keep is not None:
+            dh_new, dc_new = jnp.where(keep, dh_new, dh), jnp.where(keep, dc_new, dc)
+        return (dh_new, dc_new), _put_columns(dy, _masked(dh_new, keep), step)
+
+    state, dy = jax.lax.fori_loop(0, steps, body, (state, dy), unroll=schedule.unroll)
+    return dy, state
+
+
+def _backward_loop(saved: Saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision,
+                   offset=0):
+    """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's gates; the
+    transpose of :func:`_tangent_loop`.
+
+    ``saved`` is :func:`_training_loop`'s; its ``t`` buffers are overwritten in place by the
     gate gradients. ``w_hh`` is (D, 4H, P), torch's layout. Returns ``(d_gates, dh_cand, d_h0,
     d_c0)``: ``d_gates`` one (T, N, 4H) buffer per direction; ``dh_cand`` (the cotangent of each
     projected output, (T, N, P) per direction) only with a projection, else ``()``. ``d_y``
     may be that of a longer sequence whose steps ``offset ..`` these are, as in
-    :func:`_forward_loop`.
+    :func:`_inference_loop`.
     """
-    t_buf, _, c_prev, _ = saved
-    steps, batch = t_buf[0].shape[:2]
-    directions = len(t_buf)
-    scale = gate_scale(c_prev[0].shape[-1], t_buf[0].dtype)
+    steps, batch = saved.t[0].shape[:2]
+    directions = len(saved.t)
+    scale = gate_scale(saved.c_prev[0].shape[-1], saved.t[0].dtype)
     dh_buf = ()
     if w_hr_t is not None:
         dh_buf = tuple(jnp.zeros((steps, batch, d_h_last.shape[-1]), d_h_last.dtype)
@@ -246,8 +398,8 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
     def body(i, state):
         step = steps - 1 - i
         (dh, dc), t, g_buf, dh_buf = state
-        c_p = _rows(c_prev, step, steps)
-        keep = None if valid is None else _rows(valid, step, steps)[:, :, None]
+        c_p = _rows(saved.c_prev, step, steps)
+        keep = _keep(valid, step, steps)
         dh_cand = _masked(dh + _columns(d_y, offset + step, directions), keep)
         dc_cand = _masked(dc, keep)
         dr = dh_cand
@@ -268,44 +420,48 @@ def _backward_loop(saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precisio
         # read of the row that is overwritten in place would make XLA copy the whole buffer.
         return (dh_prev, dc_prev), _rows(g_buf, step - 1, steps), g_buf, dh_buf
 
-    state = ((d_h_last, d_c_last), _rows(t_buf, steps - 1, steps), t_buf, dh_buf)
+    state = ((d_h_last, d_c_last), _rows(saved.t, steps - 1, steps), saved.t, dh_buf)
     # Not unrolled: in an unrolled body XLA fuses the reads of the buffer that is overwritten in
     # place into the next step's work, and then copies the whole buffer on every iteration.
     (d_h0, d_c0), _, d_gates, dh_cand = jax.lax.fori_loop(0, steps, body, state)
     return d_gates, dh_cand, d_h0, d_c0
 
 
-def _layer_grads(parts, w_ih, w_hh, w_hr_t, has_bias, saved, valid, d_y, dh, dc, precision,
-                 offset=0):
+def _layer_grads(parts, weights: LayerWeights, saved: Saved, valid, d_y, state: State,
+                 precision, offset=0):
     """Backward of one layer over the steps that ``saved`` covers (all of them, or a chunk).
 
-    ``parts`` holds the layer input each direction read, (T, N, I) each. Returns ``(d_parts,
-    (d_w_ih, d_bias, d_w_hh, d_w_hr_t), (dh, dc))``, the last being the cotangents of the
-    states entering the first step. The weight gradients are single GEMMs over all steps.
+    ``parts`` holds the layer input each direction read, (T, N, I) each; ``state`` the
+    cotangents of the states leaving the last step. Returns ``(d_parts, grads, (dh, dc))``:
+    ``grads`` a :class:`LayerWeights` of gradients, ``(dh, dc)`` the cotangents of the states
+    entering the first step. The weight gradients are single GEMMs over all steps.
     """
     d_gates, dh_cand, dh, dc = _backward_loop(
-        saved, w_hh, w_hr_t, valid, d_y, dh, dc, precision, offset
+        saved, weights.w_hh, weights.w_hr_t, valid, d_y, *state, precision, offset
     )
-    _, h_prev, _, r_buf = saved
     # Contracted as h^T dG and transposed after: XLA then lays out the narrower operand.
     d_w_hh = jnp.stack([
-        jnp.einsum("tnp,tng->gp", hp, dg, precision=precision) for dg, hp in zip(d_gates, h_prev)
+        jnp.einsum("tnp,tng->gp", hp, dg, precision=precision)
+        for dg, hp in zip(d_gates, saved.h_prev)
     ])
     d_w_hr_t = None
     if dh_cand:
         d_w_hr_t = jnp.stack([
             jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision)
-            for r, dhc in zip(r_buf, dh_cand)
+            for r, dhc in zip(saved.r, dh_cand)
         ])
     d_w_ih = tuple(
         jnp.einsum("tng,tni->gi", dg, part, precision=precision)
         for dg, part in zip(d_gates, parts)
     )
-    d_bias = jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates]) if has_bias else None
+    d_bias = None
+    if weights.bias is not None:
+        d_bias = jnp.stack([jnp.sum(dg, axis=(0, 1)) for dg in d_gates])
     d_parts = tuple(
-        jnp.einsum("tng,gi->tni", dg, w, precision=precision) for dg, w in zip(d_gates, w_ih)
+        jnp.einsum("tng,gi->tni", dg, w, precision=precision)
+        for dg, w in zip(d_gates, weights.w_ih)
     )
-    return d_parts, (d_w_ih, d_bias, d_w_hh, d_w_hr_t), (dh, dc)
+    return d_parts, LayerWeights(d_w_ih, d_w_hh, d_bias, d_w_hr_t), (dh, dc)
 
 
 def _project(inputs, w_ih, precision: Any) -> tuple[Array, ...]:
@@ -349,37 +505,37 @@ def _chunk_parts(chunks: Array | None, k: Array, directions: int) -> tuple[Array
     )
 
 
-def _chunked_forward(x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk):
+def _chunked_forward(inputs: LayerInputs, valid, chunk: int, schedule: Schedule):
     """Projection and recurrence of one layer a chunk of ``chunk`` steps at a time, so that only
     one chunk's projections exist at once. Returns ``(y, (h_T, c_T), starts)``: ``starts`` are
     the states entering each chunk-loop step."""
-    directions = len(w_ih)
+    x, weights, h0, c0 = inputs
+    directions = len(weights.w_ih)
     chunks, valid_chunks = _chunked(x, valid, chunk)
     y = jnp.zeros((chunks.shape[0] * chunk, x.shape[1], directions * h0.shape[-1]), h0.dtype)
 
-    def run_chunk(state, k):
-        carry, y = state
-        gates_x = _project(_chunk_parts(chunks, k, directions), w_ih, precision)
-        y, new_carry, _ = _forward_loop(
-            gates_x, bias, *carry, w_hh_t, w_hr_t, _chunk_parts(valid_chunks, k, directions),
-            precision, unroll, False, y, k * chunk,
-        )
-        return (new_carry, y), carry
+    def run_chunk(carry, k):
+        state, y = carry
+        gates_x = _project(_chunk_parts(chunks, k, directions), weights.w_ih,
+                           schedule.precision)
+        y, new_state = _inference_loop(gates_x, weights, state,
+                                       _chunk_parts(valid_chunks, k, directions), y, k * chunk,
+                                       schedule)
+        return (new_state, y), state
 
-    (carry, y), starts = jax.lax.scan(run_chunk, ((h0, c0), y), jnp.arange(chunks.shape[0]))
-    return y[: x.shape[0]], carry, starts
-
-
-# Rows (steps x batch) of input projection per chunk of the forward-only pass: enough for the
-# GEMM to run at full speed, few enough that the projections of a long sequence do not all have
-# to exist at once (fresh memory costs page faults on every call).
-_CHUNK_ROWS = 1024
+    (state, y), starts = jax.lax.scan(run_chunk, ((h0, c0), y), jnp.arange(chunks.shape[0]))
+    return y[: x.shape[0]], state, starts
 
 
-def _inference_chunk(steps: int, batch: int) -> int:
-    """The chunk length of the forward-only pass (``steps``: no chunks), dividing ``steps``
-    where a near choice does so that no step is padding."""
-    target = round(steps * batch / _CHUNK_ROWS)
+# The default of ``lstm(..., chunk_rows=)``.
+DEFAULT_CHUNK_ROWS = 1024
+
+
+def _inference_chunk(steps: int, batch: int, rows: int) -> int:
+    """The chunk length of the forward-only pass for about ``rows`` rows (steps x batch) of
+    input projection per chunk (``steps``: no chunks), dividing ``steps`` where a near choice
+    does so that no step is padding."""
+    target = round(steps * batch / rows)
     if target <= 1:
         return steps
     for chunks in range(target, 2 * target + 1):
@@ -388,112 +544,151 @@ def _inference_chunk(steps: int, batch: int) -> int:
     return -(-steps // target)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _layer(
-    x: Array,
-    w_ih: tuple[Array, ...],
-    bias: Array | None,
-    h0: Array,
-    c0: Array,
-    w_hh: Array,
-    w_hr_t: Array | None,
-    valid: Array | None,
-    precision: Any,
-    unroll: int,
-    remat: int,
-) -> tuple[Array, State]:
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _layer(inputs: LayerInputs, valid: Array | None, schedule: Schedule) -> tuple[Array, State]:
     """One layer, D directions: input projection and recurrence.
 
     **Arguments:**
 
-    - ``x``: (T, N, I) layer input; ``w_ih``: one (4H, I) weight per direction and ``w_hh``:
-      (D, 4H, P), in torch's layout; ``bias``: (D, 4H) ``b_ih + b_hh`` or ``None``;
-      ``w_hr_t``: (D, H, P) or ``None``.
-    - ``h0``: (D, N, P), ``c0``: (D, N, H) initial states.
+    - ``inputs``: :class:`LayerInputs`: ``x`` (T, N, I) the layer input, its
+      :class:`LayerWeights`, and the initial states ``h0`` (D, N, P), ``c0`` (D, N, H).
     - ``valid``: (T, N) bool, True where step t lies inside sequence n, or ``None`` (all
       valid). Valid steps are a prefix of each sequence, so the reverse direction, reading
       from the end, holds its initial state until it reaches a sequence's last element:
       torch's ``PackedSequence`` semantics without reversing anything.
-    - ``remat``: 0 saves every step for the backward pass; a chunk length keeps only the
-      states at chunk boundaries and recomputes each chunk's forward in the backward pass.
+    - ``schedule``: :class:`Schedule`.
 
     **Returns:** ``(y, (h_T, c_T))``: ``y`` the layer output (T, N, D*P), zero at invalid steps.
 
-    The forward-only pass projects the input a chunk at a time (:func:`_inference_chunk`). The
-    backward pass is hand-scheduled: its loop carries only ``(dh, dc)`` and does one small GEMM
-    per step, writing the gate gradients over the saved activations in place; the weight and
-    input gradients are single large GEMMs over all steps after the loop.
+    The forward-only pass projects the input a chunk at a time (:func:`_inference_chunk`).
+    Derivatives go through :func:`_layer_jvp`.
     """
-    chunk = _inference_chunk(*x.shape[:2])
-    y, carry, _ = _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll,
-                                 chunk if chunk < x.shape[0] else 0, False)
-    return y, carry
+    x, weights, h0, c0 = inputs
+    chunk = _inference_chunk(*x.shape[:2], schedule.chunk_rows)
+    if chunk < x.shape[0]:
+        y, state, _ = _chunked_forward(inputs, valid, chunk, schedule)
+        return y, state
+    y = jnp.zeros((*x.shape[:2], len(weights.w_ih) * h0.shape[-1]), h0.dtype)
+    return _inference_loop(_project(x, weights.w_ih, schedule.precision), weights, (h0, c0),
+                           _each(valid, len(weights.w_ih)), y, 0, schedule)
 
 
-def _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, chunk, save):
-    """The layer's forward: a chunk at a time when ``chunk`` (returning the chunk-start states),
-    else over the whole sequence (returning what ``save`` asks :func:`_forward_loop` for)."""
-    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
-    if chunk:
-        return _chunked_forward(
-            x, w_ih, bias, h0, c0, w_hh_t, w_hr_t, valid, precision, unroll, chunk
-        )
-    return _forward_loop(
-        _project(x, w_ih, precision), bias, h0, c0, w_hh_t, w_hr_t, _each(valid, len(w_ih)),
-        precision, unroll, save,
-    )
+def _layer_forward(inputs: LayerInputs, valid, schedule: Schedule):
+    """The forward pass that derivatives start from: ``((y, (h_T, c_T)), residuals)``. With
+    remat, the chunk-start states are all it keeps of the recurrence."""
+    x, weights, h0, c0 = inputs
+    if schedule.remat:
+        y, state, starts = _chunked_forward(inputs, valid, schedule.remat, schedule)
+        return (y, state), Residuals(x, weights, valid, None, starts)
+    gates_x = _project(x, weights.w_ih, schedule.precision)
+    y, state, saved = _training_loop(gates_x, weights, (h0, c0),
+                                     _each(valid, len(weights.w_ih)), schedule)
+    return (y, state), Residuals(x, weights, valid, saved, None)
 
 
-def _layer_fwd(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision, unroll, remat):
-    # With remat, the chunk-start states are all the backward pass keeps.
-    y, carry, saved = _layer_forward(x, w_ih, bias, h0, c0, w_hh, w_hr_t, valid, precision,
-                                     unroll, remat, not remat)
-    return (y, carry), (x, w_ih, bias, w_hh, w_hr_t, valid, saved)
+def _layer_tangent(schedule: Schedule, residuals: Residuals, tangents: LayerInputs):
+    """The layer's derivative in the direction ``tangents`` (``None`` leaves are zero):
+    ``(dy, (dh_T, dc_T))``. Linear in ``tangents``; its transpose is :func:`_layer_cotangent`."""
+    x, weights, valid, saved, starts = residuals
+    directions, precision = len(weights.w_ih), schedule.precision
+    valid = _each(valid, directions)
+    if saved is None:
+        # remat kept only the chunk starts; the tangent loop reads every step's activations.
+        start = jax.tree.map(lambda s: s[0], starts)
+        gates_x = _project(x, weights.w_ih, precision)
+        _, _, saved = _training_loop(gates_x, weights, start, valid, schedule)
+    dx, dw, dh0, dc0 = tangents
+    # Every gate tangent that does not come through h, as GEMMs over all steps at once.
+    drive = [jnp.zeros_like(t) for t in saved.t]
+    for d in range(directions):
+        if dx is not None:
+            drive[d] = drive[d] + _project(dx, weights.w_ih[d:d + 1], precision)[0]
+        if dw.w_ih[d] is not None:
+            drive[d] = drive[d] + _project(x, dw.w_ih[d:d + 1], precision)[0]
+        if dw.w_hh is not None:
+            drive[d] = drive[d] + jnp.einsum("tnp,gp->tng", saved.h_prev[d], dw.w_hh[d],
+                                             precision=precision)
+        if dw.bias is not None:
+            drive[d] = drive[d] + dw.bias[d]
+    drive_h = ()
+    if dw.w_hr_t is not None:
+        drive_h = tuple(jnp.einsum("tnh,hp->tnp", r, w, precision=precision)
+                        for r, w in zip(saved.r, dw.w_hr_t))
+    batch = saved.t[0].shape[1]
+    if dh0 is None:
+        dh0 = jnp.zeros((directions, batch, saved.h_prev[0].shape[-1]), saved.t[0].dtype)
+    if dc0 is None:
+        dc0 = jnp.zeros((directions, batch, saved.c_prev[0].shape[-1]), saved.t[0].dtype)
+    state = (dh0, dc0)
+    return _tangent_loop(saved, tuple(drive), drive_h, weights, state, valid, schedule)
 
 
-def _layer_bwd(precision, unroll, remat, residuals, cotangents):
-    x, w_ih, bias, w_hh, w_hr_t, valid, saved = residuals
-    d_y, (dh, dc) = cotangents
-    directions = len(w_ih)
-    if not remat:
-        d_parts, grads, (dh, dc) = _layer_grads(
-            (x,) * directions, w_ih, w_hh, w_hr_t, bias is not None, saved,
-            _each(valid, directions), d_y, dh, dc, precision,
-        )
+def _layer_cotangent(schedule: Schedule, residuals: Residuals, cotangents) -> LayerInputs:
+    """The transpose of :func:`_layer_tangent`, hand-scheduled: the backward loop carries only
+    ``(dh, dc)`` and does one small GEMM per step, writing the gate gradients over the saved
+    activations in place; the weight and input gradients are single large GEMMs over all steps
+    after the loop. With remat, each chunk's forward is recomputed from its start state."""
+    x, weights, valid, saved, starts = residuals
+    d_y, state = cotangents
+    directions, precision = len(weights.w_ih), schedule.precision
+    if saved is not None:
+        d_parts, grads, (dh, dc) = _layer_grads((x,) * directions, weights, saved,
+                                                _each(valid, directions), d_y, state, precision)
         d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1]
-        return (d_x, grads[0], grads[1], dh, dc, grads[2], grads[3], None)
+        return LayerInputs(d_x, grads, dh, dc)
 
-    chunks, valid_chunks = _chunked(x, valid, remat)
-    d_y = jnp.pad(d_y, [(0, chunks.shape[0] * remat - x.shape[0]), (0, 0), (0, 0)])
-    w_hh_t = jnp.swapaxes(w_hh, 1, 2)
+    chunk = schedule.remat
+    chunks, valid_chunks = _chunked(x, valid, chunk)
+    d_y = jnp.pad(d_y, [(0, chunks.shape[0] * chunk - x.shape[0]), (0, 0), (0, 0)])
 
     def run_chunk(carry, inputs):
-        states, totals = carry
+        state, totals = carry
         k, start = inputs
         parts = _chunk_parts(chunks, k, directions)
         v = _chunk_parts(valid_chunks, k, directions)
-        _, _, chunk_saved = _forward_loop(
-            _project(parts, w_ih, precision), bias, *start, w_hh_t, w_hr_t, v, precision,
-            unroll, True,
-        )
-        d_parts, grads, states = _layer_grads(
-            parts, w_ih, w_hh, w_hr_t, bias is not None, chunk_saved, v, d_y, *states,
-            precision, k * remat,
-        )
-        return (states, jax.tree.map(jnp.add, totals, grads)), d_parts
+        _, _, chunk_saved = _training_loop(_project(parts, weights.w_ih, precision), weights,
+                                           start, v, schedule)
+        d_parts, grads, state = _layer_grads(parts, weights, chunk_saved, v, d_y, state,
+                                             precision, k * chunk)
+        return (state, jax.tree.map(jnp.add, totals, grads)), d_parts
 
-    zeros = (tuple(jnp.zeros_like(w) for w in w_ih), None if bias is None else jnp.zeros_like(bias),
-             jnp.zeros_like(w_hh), None if w_hr_t is None else jnp.zeros_like(w_hr_t))
+    zeros = jax.tree.map(jnp.zeros_like, weights)
     ((dh, dc), grads), d_parts = jax.lax.scan(
-        run_chunk, ((dh, dc), zeros), (jnp.arange(chunks.shape[0]), saved), reverse=True
+        run_chunk, (state, zeros), (jnp.arange(chunks.shape[0]), starts), reverse=True
     )
     # Each direction's input gradients come back in the order it visited the chunks.
     d_x = d_parts[0] if directions == 1 else d_parts[0] + d_parts[1][::-1]
     d_x = d_x.reshape(-1, *d_x.shape[2:])[: x.shape[0]]
-    return (d_x, grads[0], grads[1], dh, dc, grads[2], grads[3], None)
+    return LayerInputs(d_x, grads, dh, dc)
 
 
-_layer.defvjp(_layer_fwd, _layer_bwd)
+def _prune(tree, like):
+    """``tree`` with ``None`` wherever ``like`` has ``None`` (a zero tangent, no cotangent)."""
+    if like is None:
+        return None
+    if isinstance(like, tuple):
+        items = [_prune(t, s) for t, s in zip(tree, like)]
+        return type(like)(*items) if hasattr(like, "_fields") else tuple(items)
+    return tree
+
+
+def _layer_jvp(schedule: Schedule, primals, tangents):
+    """Forward mode, and through JAX's transposition reverse mode: the primal runs the
+    recording forward pass, and the tangent is one linear map whose transpose is the
+    hand-scheduled backward pass, so that reverse mode runs exactly that."""
+    inputs, valid = primals
+    tangents = jax.tree.map(lambda t: None if isinstance(t, SymbolicZero) else t, tangents[0],
+                            is_leaf=lambda t: isinstance(t, SymbolicZero))
+    outputs, residuals = _layer_forward(inputs, valid, schedule)
+
+    def cotangent(residuals, cotangents):
+        return _prune(_layer_cotangent(schedule, residuals, cotangents), tangents)
+
+    return outputs, linear_map(partial(_layer_tangent, schedule), cotangent, residuals, tangents,
+                               outputs)
+
+
+_layer.defjvp(_layer_jvp, symbolic_zeros=True)
 
 
 def _dropout(x: Array, rate: float, key: Array) -> Array:
@@ -503,10 +698,9 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, dtype: Any):
-    """One layer's weights in torch's layout: ``w_ih`` one (4H, I) array per direction (each
-    direction projects separately, so they are never stacked), ``w_hh`` (D, 4H, P), ``bias``
-    (D, 4H) or ``None``, and the projection transposed, ``w_hr_t`` (D, H, P) or ``None``."""
+def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int,
+                   dtype: Any) -> LayerWeights:
+    """One layer's :class:`LayerWeights` from torch-named ``params``, in ``dtype``."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
     w_ih = tuple(params[f"weight_ih{s}"].astype(dtype) for s in sfx)
     w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype)
@@ -517,13 +711,13 @@ def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, 
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
-    return w_ih, w_hh, bias, w_hr_t
+    return LayerWeights(w_ih, w_hh, bias, w_hr_t)
 
 
 @partial(
     jax.jit,
     static_argnames=(
-        "config", "deterministic", "precision", "dtype", "unroll", "padding_value", "remat"
+        "config", "deterministic", "dtype", "padding_value", "schedule"
     ),
 )
 def _lstm_time_major(
@@ -536,11 +730,9 @@ def _lstm_time_major(
     *,
     config: LSTMConfig,
     deterministic: bool,
-    precision: Any,
     dtype: Any,
-    unroll: int,
     padding_value: float,
-    remat: int,
+    schedule: Schedule,
 ) -> tuple[Array, State]:
     num_steps = x.shape[0]
     directions = config.num_directions
@@ -553,14 +745,13 @@ def _lstm_time_major(
     c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
     h_n, c_n = [], []
     for layer in range(config.num_layers):
-        w_ih, w_hh, bias, w_hr_t = _layer_weights(params, config, layer, dtype)
+        weights = _layer_weights(params, config, layer, dtype)
         if valid is not None and layer == 0:
             # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient;
             # every layer's output is already zero there.
             layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
         layer_input, (h_last, c_last) = _layer(
-            layer_input, w_ih, bias, h0[layer], c0[layer], w_hh, w_hr_t, valid, precision,
-            unroll, remat,
+            LayerInputs(layer_input, weights, h0[layer], c0[layer]), valid, schedule
         )
         h_n.append(h_last)
         c_n.append(c_last)
@@ -608,6 +799,7 @@ def lstm(
     unroll: int = 1,
     padding_value: float = 0.0,
     remat: bool | int = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> tuple[Array, State]:
     """Multi-layer (bi)directional LSTM over a whole sequence, as ``torch.nn.LSTM.forward``.
 
@@ -633,6 +825,14 @@ def lstm(
     - ``remat``: bound activation memory for long sequences: the backward pass keeps only the
       states at chunk boundaries and recomputes each chunk's forward. ``True`` picks chunks of
       ``~sqrt(L)`` steps, an int sets the chunk length; ``False`` (default) saves every step.
+    - ``chunk_rows``: the forward pass alone (no derivative) projects the input about this many
+      rows (steps x batch) at a time: enough for the GEMM to run at full speed, few enough
+      that the projections of a long sequence do not all exist at once (fresh memory costs
+      page faults on every call).
+
+    Every JAX transformation applies: ``jit``, ``vmap``, reverse mode (``grad``, ``vjp``,
+    ``jacrev``) through a hand-scheduled backward pass, forward mode (``jvp``, ``jacfwd``,
+    ``linearize``) and their compositions (``hessian``).
 
     **Returns:** ``(output, (h_n, c_n))``: ``output`` is ``(L, N, D*H_out)`` (batch-first or
     unbatched like ``x``), ``h_n`` is ``(D*num_layers, N, H_out)``, ``c_n`` is
@@ -663,9 +863,10 @@ def lstm(
         c0 = jnp.zeros((layers, batch, config.hidden_size), dtype)
     output, (h_n, c_n) = _lstm_time_major(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
-        config=config, deterministic=bool(deterministic), precision=precision,
-        dtype=dtype, unroll=int(unroll), padding_value=float(padding_value),
-        remat=_remat_chunk(remat, x.shape[0]),
+        config=config, deterministic=bool(deterministic), dtype=dtype,
+        padding_value=float(padding_value),
+        schedule=Schedule(precision, int(unroll), _remat_chunk(remat, x.shape[0]),
+                          int(chunk_rows)),
     )
     if config.batch_first:
         output = jnp.swapaxes(output, 0, 1)

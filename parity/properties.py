@@ -77,18 +77,22 @@ class PropertyCase(Case):
     """A parity case with explicit lengths: one per sequence, or one for unbatched input.
 
     ``lengths`` is ``None`` for full-length sequences; ``packed`` is ``lengths is not None``.
-    ``unroll`` and ``remat`` (a chunk length, 0 for off) are passed to
-    :func:`jaxlstm.functional.lstm`; ``remat`` has its own backward pass.
+    ``unroll``, ``remat`` (a chunk length, 0 for off) and ``chunk_rows`` are passed to
+    :func:`jaxlstm.functional.lstm`; ``remat`` has its own backward pass, and a small
+    ``chunk_rows`` sends the forward pass alone through its chunked path.
     """
 
     lengths: tuple[int, ...] | None = None
     unroll: int = 1
+    chunk_rows: int = functional.DEFAULT_CHUNK_ROWS
 
     @property
     def name(self) -> str:
         name = super().name + f" I{self.input_size} H{self.hidden_size}"
         if self.unroll != 1:
             name += f" unroll{self.unroll}"
+        if self.chunk_rows != functional.DEFAULT_CHUNK_ROWS:
+            name += f" chunk_rows{self.chunk_rows}"
         return name + (f" lengths={list(self.lengths)}" if self.lengths else "")
 
 
@@ -168,7 +172,8 @@ def compiler_options() -> dict:
 
 
 @functools.cache
-def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool):
+def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool,
+             chunk_rows: int):
     """``jit(grad)`` of the parity loss for one config, and ``jit`` of the forward pass alone
     (a separate code path: it never saves anything for a backward pass); jit's own cache
     handles the shapes."""
@@ -180,7 +185,7 @@ def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
         else:
             out, (h_n, c_n) = functional.lstm(params, x, hx, config=config,
                                               seq_lengths=seq_lengths, unroll=unroll,
-                                              remat=remat)
+                                              remat=remat, chunk_rows=chunk_rows)
             outputs = {"output": out, "h_n": h_n, "c_n": c_n}
         loss = sum(jnp.sum(cotangents[k] * v) for k, v in outputs.items())
         return loss, outputs
@@ -205,7 +210,7 @@ def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) 
     seq_lengths = inputs.seq_lengths
     if seq_lengths is not None and case.batch is None:
         seq_lengths = seq_lengths.reshape(())
-    grad, forward = _jax_fns(config, case.unroll, case.remat or False)
+    grad, forward = _jax_fns(config, case.unroll, case.remat or False, case.chunk_rows)
     args = (params, x, inputs.hx, seq_lengths, inputs.cotangents)
     (grad_params, grad_x, grad_hx), outputs = grad(*args)
     values = {k: np.asarray(v) for k, v in outputs.items()}

@@ -51,31 +51,27 @@ def test_ten_thousand_steps_match_torch():
 
 
 # The forward pass alone projects long inputs a chunk of steps at a time; with few rows per
-# chunk, these small cases take that path: chunks that divide T, and chunks whose last one is
-# padding (T=7 in chunks of 3), with and without lengths, in both directions and with a
-# projection. The runner compares the forward-only outputs with torch's as well as the gradients.
+# chunk (``chunk_rows=5``), these small cases take that path: chunks that divide T, and chunks
+# whose last one is padding (T=7 in chunks of 3), with and without lengths, in both directions
+# and with a projection. The runner compares the forward-only outputs with torch's as well as
+# the gradients.
 CHUNKED_FORWARD = [
-    PropertyCase(input_size=3, hidden_size=4, seq_len=10, batch=3),
+    PropertyCase(input_size=3, hidden_size=4, seq_len=10, batch=3, chunk_rows=5),
     PropertyCase(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=2,
-                 seq_len=7, batch=2),
+                 seq_len=7, batch=2, chunk_rows=5),
     PropertyCase(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, batch_first=True,
-                 seq_len=7, batch=2, packed=True, lengths=(7, 4)),
+                 seq_len=7, batch=2, packed=True, lengths=(7, 4), chunk_rows=5),
     PropertyCase(input_size=3, hidden_size=4, bidirectional=True, seq_len=10, batch=3,
-                 packed=True, lengths=(2, 10, 5)),
+                 packed=True, lengths=(2, 10, 5), chunk_rows=5),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CHUNKED_FORWARD, ids=lambda c: c.name)
-def test_chunked_forward_matches_torch(case, dtype, monkeypatch):
-    monkeypatch.setattr(functional, "_CHUNK_ROWS", 5)
+def test_chunked_forward_matches_torch(case, dtype):
     steps, batch = case.seq_len, case.batch
-    assert functional._inference_chunk(steps, batch) < steps  # the path under test
-    jax.clear_caches()  # traces made with the default chunking must not be reused
-    try:
-        assert_matches_torch(case, dtype)
-    finally:
-        jax.clear_caches()
+    assert functional._inference_chunk(steps, batch, case.chunk_rows) < steps  # the path tested
+    assert_matches_torch(case, dtype)
 
 
 # --- NaN and Inf -----------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Finite-difference gradient checks in float64 of every path with its own derivative code.
 
-``jax.test_util.check_grads`` compares reverse-mode derivatives with central differences
-(``eps=1e-6``) on random directions. The recurrence has a hand-written backward pass, whose
-branches are: one or two directions, with or without ``proj_size``, with or without
-``seq_lengths`` (masked steps, including an empty sequence under ``jit``), given or zero
-``(h0, c0)``, and the rematerialising backward pass (``remat``, chunked, with a padded last
-chunk); the cell is differentiated by JAX. Second order (reverse over reverse) runs on the
-cheap configurations. The tolerance is 1e-7: central differences in float64 are accurate to
-about 1e-10 here, so a wrong derivative term cannot hide under it.
+``jax.test_util.check_grads`` compares forward-mode (``jvp``) and reverse-mode (``vjp``)
+derivatives with central differences (``eps=1e-6``) on random directions. The recurrence has a
+hand-written tangent recurrence and backward pass, whose branches are: one or two directions,
+with or without ``proj_size``, with or without ``seq_lengths`` (masked steps, including an
+empty sequence under ``jit``), given or zero ``(h0, c0)``, and the rematerialising backward
+pass (``remat``, chunked, with a padded last chunk); the cell's derivative is written once, as
+its VJP (its JVP is that VJP's transpose). Second order (forward and reverse over forward and
+reverse, so also forward over reverse: a Hessian's path) runs on the cheap configurations. The
+tolerance is 1e-7: central differences in float64 are accurate to about 1e-10 here, so a wrong
+derivative term cannot hide under it.
 """
 
 import jax
@@ -21,6 +23,7 @@ from jaxlstm.config import LSTMCellConfig, LSTMConfig
 
 TOL = 1e-7
 EPS = 1e-6
+MODES = ("fwd", "rev")
 
 # (id, config arguments, batch (None: unbatched), seq_lengths, with (h0, c0), order, remat)
 LSTM_CASES = [
@@ -77,7 +80,8 @@ def test_lstm_gradients_match_finite_differences(name, kwargs, batch, lengths, w
                 return functional.lstm(params, x, config=config, seq_lengths=seq_lengths,
                                        remat=remat)
             args = (params, x)
-        check_grads(jax.jit(f), args, order=order, modes=["rev"], eps=EPS, atol=TOL, rtol=TOL)
+        check_grads(jax.jit(f), args, order=order, modes=MODES, eps=EPS, atol=TOL,
+                    rtol=TOL)
 
 
 def test_gradients_with_an_empty_sequence_under_jit():
@@ -96,7 +100,7 @@ def test_gradients_with_an_empty_sequence_under_jit():
         def f(params, x, h0, c0):
             return run(params, x, h0, c0, lengths)
 
-        check_grads(f, (params, x, h0, c0), order=1, modes=["rev"], eps=EPS, atol=TOL, rtol=TOL)
+        check_grads(f, (params, x, h0, c0), order=1, modes=MODES, eps=EPS, atol=TOL, rtol=TOL)
         # The empty sequence: h_n/c_n equal (h0, c0), its input and output take no part.
         grad_x, grad_h0 = jax.grad(
             lambda x, h0: sum(jnp.sum(a) for a in jax.tree.leaves(f(params, x, h0, c0))),
@@ -128,4 +132,5 @@ def test_cell_gradients_match_finite_differences(bias, batch, with_hx, order):
 
             def f(params, x):
                 return functional.lstm_cell(params, x, config=config)
-        check_grads(jax.jit(f), args, order=order, modes=["rev"], eps=EPS, atol=TOL, rtol=TOL)
+        check_grads(jax.jit(f), args, order=order, modes=MODES, eps=EPS, atol=TOL,
+                    rtol=TOL)

@@ -1,10 +1,12 @@
-"""Property-based parity: random configurations against real torch, values and gradients.
+"""Property-based parity: random configurations against real torch, values and derivatives.
 
 Every example builds a real ``torch.nn.LSTM`` / ``LSTMCell`` of a drawn configuration, runs it
 (float32 on torch's oneDNN and native CPU paths, float64 on the native path) and compares
 ``output``, ``h_n``, ``c_n`` and the gradients with respect to every weight, the input and
-``(h0, c0)`` with jaxlstm on the same weights. CI runs a fixed seed;
-``HYPOTHESIS_PROFILE=long`` runs thousands of fresh examples (see ``parity/properties.py``).
+``(h0, c0)`` with jaxlstm on the same weights; the forward-mode tests compare ``jax.jvp`` with
+``torch.func.jvp`` along random tangents of all of those (``parity/forward_mode.py``). CI runs
+a fixed seed; ``HYPOTHESIS_PROFILE=long`` runs thousands of fresh examples (see
+``parity/properties.py``).
 """
 
 import warnings
@@ -12,14 +14,14 @@ import warnings
 import pytest
 from hypothesis import event, example, given
 
-from parity import properties
+from parity import forward_mode, properties
 from parity.properties import PropertyCase
 
 # A counterexample becomes a fixed regression as an ``@example(case=PropertyCase(...),
 # dtype=..., seed=...)`` above ``@given``: hypothesis then runs it first on every run.
 
 
-def check(case: PropertyCase, dtype: str, seed: int) -> None:
+def check(case: PropertyCase, dtype: str, seed: int, run=properties.run_property_case) -> None:
     # Shown by ``pytest --hypothesis-show-statistics``: what the run covered.
     event(f"{case.kind} {dtype}")
     if case.kind == "lstm":
@@ -30,7 +32,7 @@ def check(case: PropertyCase, dtype: str, seed: int) -> None:
     with warnings.catch_warnings():
         # torch warns that proj_size is not supported by oneDNN and falls back; that is expected.
         warnings.simplefilter("ignore", UserWarning)
-        results = properties.run_property_case(case, dtype, seed)
+        results = run(case, dtype, seed)
     assert all(r.passed for r in results), properties.describe_failures(results)
 
 
@@ -52,6 +54,19 @@ def test_lstm_matches_torch_on_random_configurations(case, dtype, seed):
 @given(case=properties.cell_cases(), dtype=properties.dtypes, seed=properties.seeds)
 def test_cell_matches_torch_on_random_configurations(case, dtype, seed):
     check(case, dtype, seed)
+
+
+@properties.property_settings(ci_examples=15)
+@given(case=properties.lstm_cases(max_seq_len=24), dtype=properties.dtypes,
+       seed=properties.seeds)
+def test_lstm_forward_mode_matches_torch_on_random_configurations(case, dtype, seed):
+    check(case, dtype, seed, forward_mode.run_forward_mode_case)
+
+
+@properties.property_settings(ci_examples=10)
+@given(case=properties.cell_cases(), dtype=properties.dtypes, seed=properties.seeds)
+def test_cell_forward_mode_matches_torch_on_random_configurations(case, dtype, seed):
+    check(case, dtype, seed, forward_mode.run_forward_mode_case)
 
 
 def test_property_profiles_select_the_example_count(monkeypatch):

@@ -1,5 +1,5 @@
-"""Determinism and JAX/NNX transformations: repeated calls, jit, vmap, grad, jacrev, split/merge,
-pickling."""
+"""Determinism and JAX/NNX transformations: repeated calls, jit, vmap, grad, jacrev, jacfwd,
+split/merge, pickling."""
 
 import pickle
 
@@ -70,12 +70,22 @@ def test_repeated_calls_are_bitwise_identical(remat):
 
 
 def test_jit_matches_eager_values_and_gradients():
+    """Eager is ``jax.disable_jit``: every primitive dispatched on its own, loops in Python, no
+    compiled program anywhere (the functional core is jitted otherwise)."""
     model = make_model(batch_first=True)
     x, hx = randn(3, 5, 3), state_inputs(model, 3)
-    eager_value, eager_grads = nnx.value_and_grad(loss_of)(model, x, hx, LENGTHS)
+    tangent = randn(3, 5, 3)
+
+    def jvp(model, x):
+        return jax.jvp(lambda x: model(x, hx, seq_lengths=LENGTHS), (x,), (tangent,))
+
+    with jax.disable_jit():
+        eager_value, eager_grads = nnx.value_and_grad(loss_of)(model, x, hx, LENGTHS)
+        eager_jvp = jvp(model, x)
     jit_value, jit_grads = nnx.jit(nnx.value_and_grad(loss_of))(model, x, hx, LENGTHS)
     np.testing.assert_allclose(jit_value, eager_value, rtol=1e-6)
     assert_trees_close(nnx.to_pure_dict(jit_grads), nnx.to_pure_dict(eager_grads))
+    assert_trees_close(nnx.jit(jvp)(model, x), eager_jvp)
     # And a second jitted call (the cached executable) gives the same bits.
     assert_trees_equal(nnx.jit(nnx.value_and_grad(loss_of))(model, x, hx, LENGTHS),
                        (jit_value, jit_grads))
@@ -153,9 +163,10 @@ def test_value_and_grad_agrees_with_grad_and_the_forward_pass():
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
-def test_jacrev_matches_torch_jacobian(packed):
-    """The full Jacobian of the output with respect to the input, against
-    ``torch.autograd.functional.jacobian`` of the same module (float64, both sides)."""
+def test_jacrev_and_jacfwd_match_torch_jacobian(packed):
+    """The full Jacobian of the output with respect to the input, in reverse and in forward
+    mode, against ``torch.autograd.functional.jacobian`` of the same module (float64, both
+    sides)."""
     torch.manual_seed(0)
     module = torch.nn.LSTM(2, 3, bidirectional=True, proj_size=2, dtype=torch.float64)
     x = np.random.default_rng(1).standard_normal((4, 2, 2))
@@ -170,9 +181,14 @@ def test_jacrev_matches_torch_jacobian(packed):
     expected = torch.autograd.functional.jacobian(torch_fn, torch.from_numpy(x)).numpy()
     with jax.enable_x64(True):
         model = jaxlstm.from_torch(module)
-        actual = jax.jacrev(lambda x: model(x, seq_lengths=lengths)[0])(x)
-    assert actual.shape == expected.shape == (4, 2, 4, 4, 2, 2)
-    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-10, atol=1e-12)
+        def output(x):
+            return model(x, seq_lengths=lengths)[0]
+
+        for jacobian in (jax.jacrev, jax.jacfwd):
+            actual = jacobian(output)(x)
+            assert actual.shape == expected.shape == (4, 2, 4, 4, 2, 2)
+            np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-10, atol=1e-12,
+                                       err_msg=jacobian.__name__)
 
 
 # --- nnx.split / merge, pickling --------------------------------------------------------------
