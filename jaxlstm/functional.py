@@ -19,7 +19,7 @@ outputs past it are ``padding_value``.
 
 Derivatives: each layer is a ``jax.custom_jvp``. Its tangent is a linear recurrence over the
 activations the training loop records (the weights' tangents enter through GEMMs over all steps
-before the loop), declared with :func:`jaxlstm.linear.linear_map` to have the hand-scheduled
+before the loop), declared with ``jaxlstm._linear.linear_map`` to have the hand-scheduled
 backward loop as its transpose; JAX's reverse mode transposes the tangent, so it runs exactly
 that backward pass. Both derivative loops use the cell's one hand-written derivative
 (:func:`_cell_activate_vjp`, whose transpose is the cell's JVP).
@@ -45,7 +45,7 @@ from jaxlstm.config import (
     check_seq_lengths,
     param_suffix,
 )
-from jaxlstm.linear import linear_map
+from jaxlstm._linear import linear_map
 
 Array = jax.Array
 State = tuple[Array, Array]
