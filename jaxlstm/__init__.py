@@ -16,6 +16,18 @@ from jaxlstm.porting import (
 
 __version__ = "0.1.0"
 
+_SUBMODULES = ("linen", "data", "checkpoint", "formats", "files", "testing", "porting")
+
+
+def __getattr__(name: str):
+    """``jaxlstm.linen``, ``jaxlstm.testing``, ... imported on first use."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"jaxlstm.{name}")
+    raise AttributeError(f"module 'jaxlstm' has no attribute {name!r}")
+
+
 __all__ = [
     "LSTM",
     "BiLSTM",
