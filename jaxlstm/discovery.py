@@ -25,6 +25,7 @@ from jaxlstm.arrays import (
 )
 from jaxlstm.config import LSTMCellConfig, LSTMConfig, check_params
 
+
 class FoundLSTM(NamedTuple):
     """One ``nn.LSTM`` / ``nn.LSTMCell`` found in a state dict by :func:`find_lstms`."""
 

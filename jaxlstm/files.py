@@ -4,9 +4,10 @@ Reading never executes code from the file: a ``.pt`` file goes through
 ``torch.load(..., weights_only=True)``, and a file that holds Python objects besides tensors is
 refused with an explanation; a TorchScript archive is a zip whose ``data.pkl`` is read by an
 unpickler that builds nothing but dicts and numpy arrays (``torch.jit.load``, which would run
-the archive's TorchScript code, is never called). safetensors files are read and written with ``safetensors.numpy``,
-so they need no torch. Every write goes to a temporary file in the target directory that is
-renamed over the target only once complete, so a failure never leaves a half-written file.
+the archive's TorchScript code, is never called). safetensors files are read and written with
+``safetensors.numpy``, so they need no torch. Every write goes to a temporary file in the
+target directory that is renamed over the target only once complete, so a failure never leaves
+a half-written file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Checkpoint:
 
     path: Path
     state_dict: dict[str, np.ndarray]
-    """``{dotted key: array}``: nested containers joined with ``.`` (``model_state.rnn.weight_ih_l0``)."""
+    """``{dotted key: array}``, nested containers joined with ``.``
+    (``model_state.rnn.weight_ih_l0``)."""
     wrapper: str | None = None
     """The key(s) of the one container that held every tensor (``"state_dict"``,
     ``"model"``, ``"checkpoint.model"``), removed from the keys; ``None`` if there was none."""
@@ -90,7 +92,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The tensors stored in ``path`` as ``{dotted key: numpy array}`` (see :func:`read_checkpoint`)."""
+    """The tensors in ``path`` as ``{dotted key: numpy array}`` (see :func:`read_checkpoint`)."""
     return read_checkpoint(path).state_dict
 
 

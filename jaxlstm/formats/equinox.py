@@ -91,7 +91,8 @@ def to_equinox_cell(state_dict: Mapping[str, Any], *, merge_biases: bool = False
 
 
 def equinox_cell_to_jaxlstm(cell: Any, **kwargs: Any) -> LSTMCell:
-    """A :class:`jaxlstm.LSTMCell` with an Equinox cell's weights (``kwargs``: :func:`jaxlstm.nnx.from_weights`)."""
+    """A :class:`jaxlstm.LSTMCell` with an Equinox cell's weights (``kwargs`` go to
+    :func:`jaxlstm.nnx.from_weights`)."""
     model = from_weights(from_equinox_cell(cell), **kwargs)
     assert isinstance(model, LSTMCell)
     return model

@@ -204,7 +204,8 @@ def nnx_pure_dict(
 
 
 def flax_cell_to_jaxlstm(source: Any, **kwargs: Any) -> LSTMCell:
-    """A :class:`jaxlstm.LSTMCell` with a Flax cell's weights (``kwargs`` go to :func:`jaxlstm.nnx.from_weights`).
+    """A :class:`jaxlstm.LSTMCell` with a Flax cell's weights (``kwargs`` go to
+    :func:`jaxlstm.nnx.from_weights`).
 
     Call it with ``(h, c)``: Flax's ``(c, h)`` carry swapped.
     """
