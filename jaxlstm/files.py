@@ -206,14 +206,15 @@ _STORAGE_DTYPES = {
 class _ScriptObject:
     """A TorchScript module's attributes, as a dict: nothing of the module's code is loaded."""
 
-    def __init__(self, qualified_name: str):
-        self.qualified_name = qualified_name
-        self.attributes: dict[str, Any] = {}
+    qualified_name = ""
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, Mapping):
             # _flat_weights repeats the named parameters as a list.
             self.attributes = {k: v for k, v in state.items() if k != "_flat_weights"}
+
+    def tree(self) -> dict[str, Any]:
+        return getattr(self, "attributes", {})
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
@@ -230,8 +231,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("__torch__"):
-            qualified = f"{module}.{name}"
-            return lambda *args: _ScriptObject(qualified)
+            return type(name, (_ScriptObject,), {"qualified_name": f"{module}.{name}"})
         if (module, name) == ("collections", "OrderedDict"):
             return dict
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -240,6 +240,8 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             return lambda array, *args: array
         if module == "torch.jit._pickle" and name == "restore_type_tag":
             return lambda value, type_name: value
+        if module == "torch.jit._pickle" and name.startswith("build_"):  # typed lists
+            return list
         if module == "torch" and name in _STORAGE_DTYPES:
             return name
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a TorchScript "
@@ -274,7 +276,7 @@ def _rebuild_array(storage: np.ndarray, offset: int, size: Any, stride: Any, *ar
 def _script_tree(value: Any) -> Any:
     """TorchScript objects as nested dicts of their attributes."""
     if isinstance(value, _ScriptObject):
-        return {k: _script_tree(v) for k, v in value.attributes.items()}
+        return {k: _script_tree(v) for k, v in value.tree().items()}
     if isinstance(value, Mapping):
         return {k: _script_tree(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
