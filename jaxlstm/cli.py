@@ -154,7 +154,7 @@ def _inspect(args: argparse.Namespace) -> int:
         ])
         if item.problem:
             problems.append(f"! {item.prefix or '(root)'}: {item.problem}")
-    where = f" (tensors under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
+    where = f" (state dict under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
     print(f"{args.file} [{checkpoint.format}]{where}: {len(state)} tensors")
     unwrapped = list(unwrap_state_dict(state))
     renamed = [(raw, clean) for raw, clean in zip(state, unwrapped) if raw != clean]

@@ -27,11 +27,13 @@ __all__ = ["TOLERANCE", "Inputs", "Result", "forward_only", "relative_error", "r
 TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
-@dataclasses.dataclass
 class Result(testing.Comparison):
     """A :class:`jaxlstm.testing.Comparison` of one grid case."""
 
-    case: Case = dataclasses.field(default_factory=Case)
+    def __init__(self, case: Case, dtype: str, torch_path: str, errors: dict[str, float],
+                 truth_errors: dict[str, float] | None = None):
+        super().__init__(dtype, torch_path, errors, dict(truth_errors or {}))
+        self.case = case
 
     def to_json(self) -> dict:
         return {
@@ -116,7 +118,7 @@ def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
 def compare(case: Case, dtype: str, path: str, actual: dict, expected: dict) -> Result:
     """:func:`jaxlstm.testing.compare_values` of one case."""
     found = testing.compare_values(dtype, path, actual, expected)
-    return Result(found.dtype, found.torch_path, found.errors, case=case)
+    return Result(case, found.dtype, found.torch_path, found.errors)
 
 
 def check_against_float64(results: list[Result], actual: dict, module: torch.nn.Module,
@@ -132,5 +134,5 @@ def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
     with jax.enable_x64(dtype == "float64"):
         model = jaxlstm.from_torch(module, **({"remat": case.remat} if case.kind == "lstm"
                                               else {}))
-    return [Result(c.dtype, c.torch_path, c.errors, c.truth_errors, case=case)
+    return [Result(case, c.dtype, c.torch_path, c.errors, c.truth_errors)
             for c in testing.run_both(module, model, inputs, dtype)]
