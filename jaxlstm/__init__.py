@@ -2,7 +2,7 @@
 same shapes, same numbers.
 
 The public submodules that a bare ``import jaxlstm`` does not load (``linen``, ``data``,
-``checkpoint``, ``files``, ``formats``) are imported on first attribute access:
+``checkpoint``, ``files``, ``formats``, ``testing``) are imported on first attribute access:
 ``jaxlstm.linen.LSTM(...)`` works after ``import jaxlstm`` alone, which stays quick and never
 imports torch or the optional libraries those submodules use.
 """
@@ -31,6 +31,7 @@ _LAZY_SUBMODULES = (
     "files",
     "formats",
     "linen",
+    "testing",
 )
 
 __all__ = [

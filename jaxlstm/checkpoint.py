@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlstm import files
-from jaxlstm.porting import to_numpy
+from jaxlstm.arrays import to_numpy
 
 
 def _is_variables(tree: Mapping[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from jaxlstm.config import LSTMConfig
 # The suites live beside the package in a source checkout: <root>/jaxlstm, <root>/parity, ...
 CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 SUITES = {
-    "parity": "compare jaxlstm with real torch (outputs, states, gradients); options: "
-              "jaxlstm parity --help",
+    "parity": "compare jaxlstm with real torch (outputs, states, gradients): jaxlstm parity "
+              "FILE [--prefix P] proves the port of FILE's LSTM; without FILE, the grid; "
+              "options: jaxlstm parity --help",
     "bench": "run the benchmark suite; options: jaxlstm bench --help",
 }
 SUITE_PACKAGES = {"parity": "parity", "bench": "benchmarks"}
@@ -83,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jaxlstm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["parity"] and len(argv) > 1 and not argv[1].startswith("-"):
+        return _parity_file(argv[1:])
     if argv and argv[0] in SUITES:
         return _run_suite(argv[0], argv[1:])
     try:
@@ -133,31 +137,35 @@ def _is_number(text: str) -> bool:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from jaxlstm.discovery import find_lstms, select_lstm, unwrap_state_dict
     from jaxlstm.files import read_checkpoint
-    from jaxlstm.porting import extract_lstm, find_lstms, select_lstm, unwrap_state_dict
 
     checkpoint = read_checkpoint(args.file)
     state = checkpoint.state_dict
-    found = find_lstms(state, source=f"file {args.file!r}")
+    source = f"file {args.file!r}"
+    found = find_lstms(state, source=source, strict=False)
     if not found:
-        select_lstm(state, source=f"file {args.file!r}")  # raises, naming the keys it saw
-    rows, lstm_keys = [], 0
+        select_lstm(state, source=source)  # raises, naming the keys it saw
+    rows, lstm_keys, problems = [], 0, []
     for item in found:
-        arrays = extract_lstm(state, item.prefix, source=args.file)
-        lstm_keys += len(arrays)
-        dtype = "/".join(sorted({str(a.dtype) for a in arrays.values()}))
+        lstm_keys += len(item.weights)
+        dtype = "/".join(sorted({str(a.dtype) for a in item.weights.values()}))
         config = item.config
         is_lstm = isinstance(config, LSTMConfig)
+        known = config is not None
         rows.append([
-            item.prefix or "(root)", type(config).__name__[:-6], config.input_size,
-            config.hidden_size,
+            (item.prefix or "(root)") + (" !" if item.problem else ""),
+            type(config).__name__[:-6] if known else "?",
+            config.input_size if known else "?", config.hidden_size if known else "?",
             config.num_layers if is_lstm else "-",
             ("yes" if config.bidirectional else "no") if is_lstm else "-",
             config.proj_size if is_lstm else "-",
-            "yes" if config.bias else "no", dtype, f"{item.param_count:,}",
+            ("yes" if config.bias else "no") if known else "?", dtype, f"{item.param_count:,}",
         ])
+        if item.problem:
+            problems.append(f"! {item.prefix or '(root)'}: {item.problem}")
     where = f" (state dict under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
-    print(f"{args.file}{where}: {len(state)} tensors")
+    print(f"{args.file} [{checkpoint.format}]{where}: {len(state)} tensors")
     unwrapped = list(unwrap_state_dict(state))
     renamed = [(raw, clean) for raw, clean in zip(state, unwrapped) if raw != clean]
     if renamed:
@@ -167,14 +175,33 @@ def _inspect(args: argparse.Namespace) -> int:
     total = sum(item.param_count for item in found)
     others = len(state) - lstm_keys
     print(f"{len(found)} LSTM{'s' if len(found) != 1 else ''}, {total:,} parameters"
-          + (f"; {others} other tensors are not LSTM weights" if others else ""))
+          + (f"; {others} other tensors are not LSTM weights{_groups(state, found)}"
+             if others else ""))
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     return 0
 
 
+def _groups(state: dict, found: list) -> str:
+    """The top-level groups of the tensors that are not LSTM weights, e.g. ``optimizer (12)``."""
+    from jaxlstm.discovery import unwrap_state_dict
+
+    lstm = {item.prefix + name for item in found for name in item.weights}
+    counts: dict[str, int] = {}
+    for key in unwrap_state_dict(state):
+        if key not in lstm:
+            head = key.split(".", 1)[0] if "." in key else "(root)"
+            counts[head] = counts.get(head, 0) + 1
+    shown = ", ".join(f"{head} ({count})" for head, count in list(counts.items())[:6])
+    return f" ({shown}{', ...' if len(counts) > 6 else ''})" if shown else ""
+
+
 def _convert(args: argparse.Namespace) -> int:
+    from jaxlstm.arrays import describe
+    from jaxlstm.discovery import select_lstm
     from jaxlstm.files import read_checkpoint
     from jaxlstm.formats import format_for, write
-    from jaxlstm.porting import describe, lstm_weights
 
     try:
         fmt = format_for(args.output, args.to)
@@ -185,13 +212,101 @@ def _convert(args: argparse.Namespace) -> int:
         raise FileExistsError(f"output file {args.output!r} already exists; choose another "
                               "name or pass --force to replace it")
     state = read_checkpoint(args.input).state_dict
-    source = f"file {args.input!r}"
-    chosen, arrays = lstm_weights(state, args.prefix, source=source)
-    write(arrays, output, fmt, merge_biases=args.merge_biases, force=args.force)
+    chosen = select_lstm(state, args.prefix, source=f"file {args.input!r}")
+    try:
+        write(chosen.weights, output, fmt, merge_biases=args.merge_biases, force=args.force)
+    except ValueError as error:
+        raise ValueError(str(error).replace("merge_biases=True", "--merge-biases")) from error
     where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
     print(f"wrote {args.output} ({fmt.name}): {describe(chosen.config)} from {where}"
           f"{args.input}, {chosen.param_count:,} parameters")
     return 0
+
+
+def _parity_file(argv: list[str]) -> int:
+    """``jaxlstm parity FILE``: the file's own LSTM in torch against its jaxlstm port."""
+    parser = argparse.ArgumentParser(
+        prog="jaxlstm parity",
+        description="Prove a port: build the torch nn.LSTM/LSTMCell from FILE's own weights, "
+                    "port it with jaxlstm, and compare output, h_n, c_n and the gradients of a "
+                    "scalar loss w.r.t. every weight, the input and (h0, c0). Exit 0 when "
+                    "everything matches, 1 when not (the failing tensors are named). Without "
+                    "FILE: the parity grid.",
+    )
+    parser.add_argument("file", metavar="FILE", help="checkpoint (any format jaxlstm inspect "
+                        "reads)")
+    parser.add_argument("--prefix", metavar="P", help="which LSTM (see jaxlstm inspect)")
+    parser.add_argument("--steps", type=int, default=7, help="sequence length (default 7)")
+    parser.add_argument("--batch", type=int, default=3, help="batch size (default 3)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                        help="dtype(s) to compare in (default both)")
+    parser.add_argument("--input", metavar="X.npy", help="input to use instead of random "
+                        "values, in the module's layout (time-major unless --batch-first)")
+    parser.add_argument("--batch-first", action="store_true",
+                        help="the LSTM takes (N, L, I) input")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+
+    def run() -> int:
+        try:
+            from jaxlstm import testing
+        except ImportError as error:
+            raise ImportError(f"{error} (jaxlstm parity needs torch: pip install "
+                              "'jaxlstm[torch]')") from error
+        import numpy as np
+
+        from jaxlstm.arrays import describe
+        from jaxlstm.discovery import select_lstm
+        from jaxlstm.files import read_checkpoint
+        from jaxlstm.porting import to_tensor
+
+        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+        warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
+        chosen = select_lstm(read_checkpoint(args.file).state_dict, args.prefix,
+                             source=f"file {args.file!r}")
+        # A NaN/Inf weight makes both sides NaN alike; name it rather than only its effects.
+        broken = {name: int(np.size(a) - np.isfinite(np.asarray(a, np.float64)).sum())
+                  for name, a in chosen.weights.items()}
+        broken = {name: count for name, count in broken.items() if count}
+        x = None if args.input is None else np.load(args.input)
+        dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+        where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
+        print(f"{where}{args.file}: {describe(chosen.config)}")
+        passed = True
+        for dtype in dtypes:
+            module = _torch_module(chosen, args.batch_first, dtype, to_tensor)
+            report = testing.compare(module, x=x, steps=args.steps, batch=args.batch,
+                                     seed=args.seed)
+            print(f"\n{dtype}:\n{report.table()}")
+            for path, tensor, error in report.failures:
+                print(f"FAIL {tensor} ({path}): relative error {error:.2e}", file=sys.stderr)
+            passed &= report.passed
+        for name, count in broken.items():
+            print(f"FAIL weight {name!r} holds {count} NaN/Inf value(s)", file=sys.stderr)
+        passed &= not broken
+        print("\nparity: " + ("the port matches torch" if passed else "MISMATCH"))
+        return 0 if passed else 1
+
+    return _guarded("parity", run)
+
+
+def _torch_module(chosen: object, batch_first: bool, dtype: str, to_tensor: Callable) -> object:
+    """The torch module of ``chosen``'s architecture holding its weights, in ``dtype``."""
+    import torch
+
+    config = chosen.config  # type: ignore[attr-defined]
+    if isinstance(config, LSTMConfig):
+        module = torch.nn.LSTM(config.input_size, config.hidden_size, config.num_layers,
+                               config.bias, batch_first, 0.0, config.bidirectional,
+                               config.proj_size)
+    else:
+        module = torch.nn.LSTMCell(config.input_size, config.hidden_size, config.bias)
+    module.load_state_dict({k: to_tensor(v) for k, v in chosen.weights.items()},  # type: ignore
+                           strict=True)
+    return module.to(getattr(torch, dtype)).eval()
 
 
 def _run_suite(command: str, argv: list[str]) -> int:
@@ -201,6 +316,8 @@ def _run_suite(command: str, argv: list[str]) -> int:
     try:
         suite_main = load_suite(package, CHECKOUT_ROOT)
     except UsageError as error:
+        if command == "parity":  # installed without the checkout: the built-in grid
+            return _builtin_grid(argv, str(error))
         if argv and argv[0] in ("-h", "--help"):
             print(f"usage: jaxlstm {command} [OPTIONS]\n\n{SUITES[command]}\n\n"
                   f"not available here: {error}")
@@ -215,6 +332,51 @@ def _run_suite(command: str, argv: list[str]) -> int:
     except SystemExit as done:  # the suite's argparse: --help (0) or a usage error (2)
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     return int(result or 0)
+
+
+def _builtin_grid(argv: list[str], why: str) -> int:
+    """``jaxlstm parity`` from an installed package: a small grid through jaxlstm.testing."""
+    if argv:
+        print(f"usage: jaxlstm parity [FILE --prefix P ...]\n\nwithout FILE, outside a "
+              f"source checkout, runs a built-in grid of {len(_GRID)} configurations "
+              f"(no options; {why})")
+        return 0 if argv[0] in ("-h", "--help") else 2
+
+    def run() -> int:
+        try:
+            import torch
+
+            from jaxlstm import testing
+        except ImportError as error:
+            raise ImportError(f"{error} (jaxlstm parity needs torch: pip install "
+                              "'jaxlstm[torch]')") from error
+        failed = []
+        for name, kwargs in _GRID:
+            for dtype in ("float32", "float64"):
+                torch.manual_seed(0)
+                module = torch.nn.LSTM(**kwargs).to(getattr(torch, dtype))
+                report = testing.compare(module, steps=9, batch=3)
+                worst = max(e for c in report.comparisons for e in c.errors.values())
+                status = "pass" if report.passed else "FAIL"
+                print(f"{name:<28} {dtype:<8} worst {worst:8.1e}  {status}")
+                if not report.passed:
+                    failed.append(f"{name} {dtype}: {report.failures[0][1]}")
+        print(f"parity (built-in grid; the full suite lives in the source checkout's parity/): "
+              f"{2 * len(_GRID) - len(failed)}/{2 * len(_GRID)} passed")
+        for line in failed:
+            print(f"FAIL {line}", file=sys.stderr)
+        return 1 if failed else 0
+
+    return _guarded("parity", run)
+
+
+_GRID = [
+    ("L1 uni", dict(input_size=4, hidden_size=6)),
+    ("L2 bi", dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True)),
+    ("L2 proj bf", dict(input_size=4, hidden_size=6, num_layers=2, proj_size=3,
+                        batch_first=True)),
+    ("L1 bi nobias", dict(input_size=4, hidden_size=6, bidirectional=True, bias=False)),
+]
 
 
 def load_suite(package: str, root: Path) -> Callable[..., int | None]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlstm.porting import to_numpy
+from jaxlstm.arrays import to_numpy
 
 
 def pad_sequences(

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from jaxlstm._linear import linear_map
 from jaxlstm.config import (
     LSTMCellConfig,
     LSTMConfig,
@@ -45,7 +46,6 @@ from jaxlstm.config import (
     check_seq_lengths,
     param_suffix,
 )
-from jaxlstm._linear import linear_map
 
 Array = jax.Array
 State = tuple[Array, Array]

@@ -29,15 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm import functional, porting
-from jaxlstm.config import (
-    LSTMCellConfig,
-    LSTMConfig,
-    check_dtypes,
-    check_lengths_at_run_time,
-    check_params,
-)
-from jaxlstm.porting import infer_config, to_numpy
+from jaxlstm import functional
+from jaxlstm.arrays import check_weights, resolve_param_dtype
+from jaxlstm.config import LSTMCellConfig, LSTMConfig, check_dtypes, check_lengths_at_run_time
 
 Array = jax.Array
 State = tuple[Array, Array]
@@ -308,21 +302,26 @@ def from_torch(
 
     **Returns:** ``(module, variables)``; ``module.apply(variables, x)`` reproduces torch.
     """
-    # jaxlstm.from_torch reads, infers and checks the weights once for both APIs.
-    ported = porting.from_torch(
-        source, batch_first=batch_first, dropout=dropout, param_dtype=param_dtype
-    )
-    params = ported.params()
-    dtype = next(iter(params.values())).dtype
-    if isinstance(ported.config, LSTMCellConfig):
+    from jaxlstm.porting import torch_weights
+
+    arrays, settings = torch_weights(source, batch_first=batch_first, dropout=dropout)
+    config, arrays = check_weights(arrays)
+    dtype = resolve_param_dtype(arrays, param_dtype)
+    params = {name: jnp.asarray(value, dtype) for name, value in arrays.items()}
+    if isinstance(config, LSTMCellConfig):
+        extra = [k for k in ("batch_first", "dropout") if settings[k]]
+        if extra:
+            raise ValueError(f"LSTMCell takes no {', '.join(extra)}; drop those arguments")
         module: LSTM | LSTMCell = LSTMCell(
-            **dataclasses.asdict(ported.config), param_dtype=dtype, **module_kwargs
+            **dataclasses.asdict(config), param_dtype=dtype, **module_kwargs
         )
     else:
-        if hasattr(source, "training"):
+        if settings["training"] is not None:
             # A live module's train/eval mode carries over; a bare state_dict leaves it unset.
-            module_kwargs.setdefault("deterministic", ported.deterministic)
-        module = LSTM(**dataclasses.asdict(ported.config), param_dtype=dtype, **module_kwargs)
+            module_kwargs.setdefault("deterministic", not settings["training"])
+        config = dataclasses.replace(config, batch_first=bool(settings["batch_first"]),
+                                     dropout=float(settings["dropout"] or 0.0))
+        module = LSTM(**dataclasses.asdict(config), param_dtype=dtype, **module_kwargs)
     return module, {"params": params}
 
 
@@ -338,8 +337,5 @@ def to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)``
     loads the result into a torch module of the same architecture.
     """
-    params = _unwrap_variables(variables)
-    arrays = {str(k): to_numpy(v, str(k)) for k, v in params.items()}
-    config = infer_config(arrays)
-    check_params(arrays, config.param_shapes(), what=type(config).__name__[:-6])
+    config, arrays = check_weights(_unwrap_variables(variables))
     return {name: np.array(arrays[name]) for name in config.param_shapes()}

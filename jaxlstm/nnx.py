@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -11,12 +12,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlstm import functional
+from jaxlstm.arrays import check_weights, resolve_param_dtype
 from jaxlstm.config import (
     LSTMCellConfig,
     LSTMConfig,
     check_dropout,
     check_dtypes,
     check_lengths_at_run_time,
+    check_params,
 )
 
 Array = jax.Array
@@ -55,9 +58,18 @@ class _TorchNamedParams(nnx.Module):
     hidden_size = _constructor_argument("hidden_size")
     bias = _constructor_argument("bias")
 
-    def _set_params(self, params: dict[str, Array]) -> None:
-        for name, value in params.items():
-            setattr(self, name, nnx.Param(value))
+    def _init_params(
+        self, rngs: nnx.Rngs, param_dtype: Any, params: Mapping[str, Any] | None
+    ) -> None:
+        """Torch-named ``params`` (shapes checked, dtype kept unless ``param_dtype`` is given),
+        or torch's random init drawn from ``rngs`` (in ``param_dtype``, default float32)."""
+        if params is None:
+            params = functional.init_params(rngs.params(), self.config,
+                                            jnp.float32 if param_dtype is None else param_dtype)
+        else:
+            check_params(params, self.config.param_shapes(), what=type(self).__name__)
+        for name in self.config.param_shapes():
+            setattr(self, name, nnx.Param(jnp.asarray(params[name], dtype=param_dtype)))
 
     def params(self) -> dict[str, Array]:
         """The parameters as ``{torch name: array}`` (the torch ``state_dict`` layout)."""
@@ -104,7 +116,9 @@ class LSTM(_TorchNamedParams):
       dropout (both fall back to ``default``). Pass ``nnx.Rngs(seed)`` for reproducible weights
       and masks; when omitted, a fresh seed is drawn, so two modules built alike get different
       weights (as torch does without ``torch.manual_seed``).
-    - ``param_dtype``: dtype of the parameters (default float32).
+    - ``param_dtype``: dtype of the parameters (default float32, or the dtype of ``params``).
+    - ``params``: torch-named initial parameters (``{"weight_ih_l0": ..., ...}``, shapes
+      checked) instead of the random init, e.g. a torch ``state_dict`` as numpy arrays.
     - ``dtype``: compute dtype. Default ``None``: like torch, ``x``, ``h_0`` and ``c_0`` must have
       the parameters' dtype (a mismatch raises torch's error); given, everything is cast to it.
     - ``precision``: matmul precision (default ``None``, JAX's default; ``"highest"`` for full
@@ -160,18 +174,19 @@ class LSTM(_TorchNamedParams):
         proj_size: int = 0,
         *,
         rngs: nnx.Rngs | None = None,
-        param_dtype: Any = jnp.float32,
+        param_dtype: Any = None,
         dtype: Any = None,
         precision: Any = None,
         unroll: int = 1,
         remat: bool | int = False,
+        params: Mapping[str, Any] | None = None,
     ):
         self.config = LSTMConfig.create(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             proj_size,
         )
         rngs = _rngs_or_fresh(rngs)
-        self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
+        self._init_params(rngs, param_dtype, params)
         self.dtype = dtype
         self.precision = precision
         self.unroll = unroll
@@ -268,8 +283,9 @@ class LSTMCell(_TorchNamedParams):
     - ``input_size``: features ``I`` of ``x``; ``hidden_size``: features ``H`` of ``h`` and ``c``.
     - ``bias``: if ``False``, no ``bias_ih``/``bias_hh`` (default ``True``).
     - ``rngs``: ``nnx.Rngs`` for init (default: a fresh seed, as in :class:`LSTM`);
-      ``param_dtype``, ``dtype``, ``precision``: as in :class:`LSTM` (with ``dtype=None``, ``x``
-      and ``hx`` must have the parameters' dtype; a mismatch raises ``RuntimeError`` as torch).
+      ``param_dtype``, ``dtype``, ``precision``, ``params``: as in :class:`LSTM` (with
+      ``dtype=None``, ``x`` and ``hx`` must have the parameters' dtype; a mismatch raises
+      ``RuntimeError`` as torch).
 
     **Attributes:** ``input_size``, ``hidden_size``, ``bias`` (torch's; read-only).
 
@@ -295,13 +311,14 @@ class LSTMCell(_TorchNamedParams):
         bias: bool = True,
         *,
         rngs: nnx.Rngs | None = None,
-        param_dtype: Any = jnp.float32,
+        param_dtype: Any = None,
         dtype: Any = None,
         precision: Any = None,
+        params: Mapping[str, Any] | None = None,
     ):
         self.config = LSTMCellConfig.create(input_size, hidden_size, bias)
         rngs = _rngs_or_fresh(rngs)
-        self._set_params(functional.init_params(rngs.params(), self.config, param_dtype))
+        self._init_params(rngs, param_dtype, params)
         self.dtype = dtype
         self.precision = precision
 
@@ -311,3 +328,43 @@ class LSTMCell(_TorchNamedParams):
                 self._checked_params(x, hx), x, hx, config=self.config, precision=self.precision,
                 dtype=self.dtype,
             )
+
+
+def from_weights(
+    state_dict: Mapping[str, Any],
+    *,
+    batch_first: bool | None = None,
+    dropout: float | None = None,
+    param_dtype: Any = None,
+    rngs: nnx.Rngs | None = None,
+    source: str = "the state dict",
+    **module_kwargs: Any,
+) -> LSTM | LSTMCell:
+    """The :class:`LSTM` or :class:`LSTMCell` that torch-named weights describe, holding them.
+
+    **Arguments:**
+
+    - ``state_dict``: ``{torch name: array}`` of one ``nn.LSTM``/``nn.LSTMCell`` (torch
+      tensors, numpy or JAX arrays); the architecture is inferred, every key checked.
+    - ``batch_first``, ``dropout``: not stored in weights (default: torch's).
+    - ``param_dtype``: dtype of the parameters; default the weights' own (``bfloat16`` stays).
+    - ``rngs``: seeds dropout; default ``nnx.Rngs(0)`` (the weights come from ``state_dict``).
+    - ``source``: how errors name the weights.
+    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``.
+
+    The module is built from the weights directly (no random init is drawn).
+    """
+    config, arrays = check_weights(state_dict)
+    dtype = resolve_param_dtype(arrays, param_dtype, source)
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    if isinstance(config, LSTMCellConfig):
+        extra = {k: v for k, v in (("batch_first", batch_first), ("dropout", dropout)) if v}
+        if extra:
+            raise ValueError(f"LSTMCell takes no {', '.join(extra)}; drop those arguments")
+        return LSTMCell(config.input_size, config.hidden_size, config.bias, rngs=rngs,
+                        param_dtype=dtype, params=arrays, **module_kwargs)
+    return LSTM(
+        config.input_size, config.hidden_size, config.num_layers, config.bias,
+        bool(batch_first), float(dropout or 0.0), config.bidirectional, config.proj_size,
+        rngs=rngs, param_dtype=dtype, params=arrays, **module_kwargs,
+    )

@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from jaxlstm import functional
+from jaxlstm.arrays import infer_config, to_numpy
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
-from jaxlstm.porting import infer_config, to_numpy
 from parity import runner
 from parity.grid import Case
 

@@ -1,59 +1,39 @@
 """Run one parity case: the same weights and inputs through torch and jaxlstm, compare everything.
 
+The comparison itself lives in :mod:`jaxlstm.testing` (also what ``jaxlstm parity FILE`` and
+users' own tests run); this module builds the grid's torch modules and inputs.
+
 The reference is always real ``torch`` computing the same thing: ``output``, ``h_n``, ``c_n`` and
 the gradients of one scalar loss with respect to every weight, the input and ``(h0, c0)``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import jaxlstm
+from jaxlstm import testing
+from jaxlstm.testing import TOLERANCE, Inputs, forward_only, relative_error, with_forward_only
 from parity.grid import Case
 
-TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
+__all__ = ["TOLERANCE", "Inputs", "Result", "forward_only", "relative_error", "run_case",
+           "with_forward_only"]
+
 TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
-@dataclasses.dataclass
-class Result:
-    case: Case
-    dtype: str
-    torch_path: str  # "oneDNN" (torch's default CPU float32 path) or "native" (ATen)
-    errors: dict[str, float]  # tensor name -> max |jax - torch| / max |torch|
-    # For float32 tensors outside the tolerance against torch float32: the same error measured
-    # against torch in float64 on the same weights and inputs (the exact answer, to float32).
-    truth_errors: dict[str, float] = dataclasses.field(default_factory=dict)
+class Result(testing.Comparison):
+    """A :class:`jaxlstm.testing.Comparison` of one grid case."""
 
-    @property
-    def tolerance(self) -> float:
-        return TOLERANCE[self.dtype]
-
-    def _within(self, error: float) -> bool:
-        return bool(np.isfinite(error) and error <= self.tolerance)
-
-    @property
-    def failing_against_torch(self) -> list[str]:
-        return [k for k, e in self.errors.items() if not self._within(e)]
-
-    @property
-    def passed(self) -> bool:
-        """Within tolerance of torch; or, in float32 where torch's own rounding differs by more
-        than that, within tolerance of the float64 result."""
-        return all(
-            k in self.truth_errors and self._within(self.truth_errors[k])
-            for k in self.failing_against_torch
-        )
+    def __init__(self, case: Case, dtype: str, torch_path: str, errors: dict[str, float],
+                 truth_errors: dict[str, float] | None = None):
+        super().__init__(dtype, torch_path, errors, dict(truth_errors or {}))
+        self.case = case
 
     def to_json(self) -> dict:
         return {
@@ -68,26 +48,8 @@ class Result:
         }
 
 
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        return float("inf")
-    if actual.size == 0:
-        return 0.0
-    scale = np.max(np.abs(expected))
-    diff = np.max(np.abs(actual - expected))
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
-@dataclasses.dataclass
-class Inputs:
-    x: np.ndarray
-    hx: tuple[np.ndarray, np.ndarray] | None
-    seq_lengths: np.ndarray | None
-    cotangents: dict[str, np.ndarray]  # the loss is sum(cotangent * tensor) over these
-
-
 def make_inputs(case: Case, dtype: str, seed: int) -> Inputs:
+    """Seeded inputs, state and loss cotangents for ``case``."""
     rng = np.random.default_rng(seed)
     np_dtype = np.dtype(dtype)
     batch_shape = () if case.batch is None else (case.batch,)
@@ -142,114 +104,27 @@ def padding_mask(case: Case, lengths: np.ndarray) -> np.ndarray:
 
 
 def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool) -> dict:
-    x = torch.tensor(inputs.x, requires_grad=True)
-    hx = None
-    if inputs.hx is not None:
-        hx = tuple(torch.tensor(a, requires_grad=True) for a in inputs.hx)
-    flags = torch.backends.mkldnn.flags(enabled=False) if native else contextlib.nullcontext()
-    with flags:
-        if case.kind == "cell":
-            h, c = module(x, hx)
-            outputs = {"h": h, "c": c}
-        elif case.packed:
-            packed = pack_padded_sequence(
-                x, torch.as_tensor(inputs.seq_lengths), batch_first=case.batch_first,
-                enforce_sorted=False,
-            )
-            out, (h_n, c_n) = module(packed, hx)
-            out, _ = pad_packed_sequence(out, batch_first=case.batch_first,
-                                         total_length=case.seq_len)
-            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
-        else:
-            out, (h_n, c_n) = module(x, hx)
-            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
-        loss = sum((torch.from_numpy(inputs.cotangents[k]) * v).sum() for k, v in outputs.items())
-        loss.backward()
-    values = {k: v.detach().numpy() for k, v in outputs.items()}
-    values["grad input"] = x.grad.numpy()
-    if hx is not None:
-        values["grad h0"], values["grad c0"] = hx[0].grad.numpy(), hx[1].grad.numpy()
-    for name, param in module.named_parameters():
-        values[f"grad {name}"] = param.grad.numpy()
-    return values
-
-
-def forward_only(name: str) -> str:
-    """The key of an output computed by the forward pass alone, without any gradient."""
-    return f"{name} (forward only)"
-
-
-def with_forward_only(values: dict) -> dict:
-    """torch's values, each output also under its forward-only key."""
-    outputs = {forward_only(k): v for k, v in values.items() if not k.startswith("grad ")}
-    return {**values, **outputs}
+    """torch's outputs and gradients for one case (see :func:`jaxlstm.testing.run_torch`)."""
+    del case  # the module and inputs say everything
+    return testing.run_torch(module, inputs, native=native)
 
 
 def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
+    """jaxlstm's outputs and gradients for one case, ported from ``module``."""
     options = {"remat": case.remat} if case.kind == "lstm" else {}
-    model = jaxlstm.from_torch(module, **options)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    x = inputs.x
-    if case.packed:
-        # Poison the padding: torch never sees it, so it must not change anything here either.
-        x = x.copy()
-        x[padding_mask(case, inputs.seq_lengths)] = np.nan
-    hx = inputs.hx
-    seq_lengths = None if inputs.seq_lengths is None else jnp.asarray(inputs.seq_lengths)
-
-    @jax.jit
-    def loss_fn(params, x, hx):
-        model = nnx.merge(graphdef, params, rest)
-        if case.kind == "cell":
-            h, c = model(x, hx)
-            outputs = {"h": h, "c": c}
-        else:
-            out, (h_n, c_n) = model(x, hx, seq_lengths=seq_lengths)
-            outputs = {"output": out, "h_n": h_n, "c_n": c_n}
-        loss = sum(jnp.sum(inputs.cotangents[k] * v) for k, v in outputs.items())
-        return loss, outputs
-
-    grad_fn = jax.grad(loss_fn, argnums=(0, 1, 2), has_aux=True)
-    (grad_params, grad_x, grad_hx), outputs = grad_fn(params, x, hx)
-    values = {k: np.asarray(v) for k, v in outputs.items()}
-    # The forward pass alone takes its own path (nothing saved for a backward pass): check it too.
-    forward = jax.jit(lambda params, x, hx: loss_fn(params, x, hx)[1])
-    values.update({forward_only(k): np.asarray(v) for k, v in forward(params, x, hx).items()})
-    values["grad input"] = np.asarray(grad_x)
-    if hx is not None:
-        values["grad h0"], values["grad c0"] = np.asarray(grad_hx[0]), np.asarray(grad_hx[1])
-    for name, value in nnx.to_pure_dict(grad_params).items():
-        values[f"grad {name}"] = np.asarray(value)
-    return values
+    return testing.run_jax(jaxlstm.from_torch(module, **options), inputs)
 
 
 def compare(case: Case, dtype: str, path: str, actual: dict, expected: dict) -> Result:
-    """Every tensor's error; one that only one side has counts as an infinite error. Each torch
-    output is also the expected value of the same output computed by the forward pass alone."""
-    expected = with_forward_only(expected)
-    errors = {k: relative_error(actual[k], expected[k]) for k in expected if k in actual}
-    errors.update({f"{k} (missing)": float("inf") for k in set(expected) ^ set(actual)})
-    return Result(case, dtype, path, errors)
+    """:func:`jaxlstm.testing.compare_values` of one case."""
+    found = testing.compare_values(dtype, path, actual, expected)
+    return Result(case, found.dtype, found.torch_path, found.errors)
 
 
 def check_against_float64(results: list[Result], actual: dict, module: torch.nn.Module,
                           inputs: Inputs, run: Callable[[torch.nn.Module, Inputs], dict]) -> None:
-    """Float32 tensors that miss the tolerance against torch float32 are measured against
-    torch float64 on the same weights and inputs; ``run(module, inputs)`` runs torch."""
-    if all(r.passed or r.dtype != "float32" for r in results):
-        return
-    module64 = copy.deepcopy(module).double()
-    inputs64 = Inputs(
-        inputs.x.astype(np.float64),
-        None if inputs.hx is None else tuple(a.astype(np.float64) for a in inputs.hx),
-        inputs.seq_lengths,
-        {k: v.astype(np.float64) for k, v in inputs.cotangents.items()},
-    )
-    truth = with_forward_only(run(module64, inputs64))
-    for result in results:
-        for key in result.failing_against_torch:
-            if key in truth:
-                result.truth_errors[key] = relative_error(actual[key], truth[key])
+    """See :func:`jaxlstm.testing.check_against_float64`."""
+    testing.check_against_float64(results, actual, module, inputs, run)
 
 
 def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
@@ -257,12 +132,7 @@ def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
     module = torch_module(case, dtype, seed)
     inputs = make_inputs(case, dtype, seed)
     with jax.enable_x64(dtype == "float64"):
-        actual = run_jax(module, case, inputs)
-    paths = {"oneDNN": False, "native": True} if dtype == "float32" else {"native": True}
-    results = []
-    for path, native in paths.items():
-        results.append(compare(case, dtype, path, actual, run_torch(module, case, inputs, native)))
-        module.zero_grad(set_to_none=True)
-    check_against_float64(results, actual, module, inputs,
-                          lambda m, i: run_torch(m, case, i, native=True))
-    return results
+        model = jaxlstm.from_torch(module, **({"remat": case.remat} if case.kind == "lstm"
+                                              else {}))
+    return [Result(case, c.dtype, c.torch_path, c.errors, c.truth_errors)
+            for c in testing.run_both(module, model, inputs, dtype)]

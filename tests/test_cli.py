@@ -176,7 +176,7 @@ def test_failed_conversion_writes_nothing(capsys, tmp_path, checkpoint):
     [
         (["convert", "IN", "out.bin", "--prefix", "cell"], "cannot tell the output format"),
         (["convert", "IN", "out.msgpack", "--prefix", "cell"], "several formats"),
-        (["convert", "IN", "out.x", "--to", "onnx"], "invalid choice"),
+        (["convert", "IN", "out.x", "--to", "tflite"], "invalid choice"),
         (["inspect"], "required: FILE"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -11,7 +11,7 @@ import torch
 
 import jaxlstm
 from jaxlstm import files
-from jaxlstm.porting import extract_lstm, find_lstms, from_checkpoint
+from jaxlstm.porting import find_lstms, from_checkpoint, select_lstm
 
 
 class Model(torch.nn.Module):
@@ -334,8 +334,8 @@ def test_mixed_dtypes_are_named_and_param_dtype_resolves_them(tmp_path):
     assert model.bias_hh_l0[...].dtype == np.float32
 
 
-def test_extract_lstm_loads_strictly_into_torch(model):
-    state = extract_lstm(torch.nn.DataParallel(model).state_dict(), "encoder.rnn")
+def test_selected_weights_load_strictly_into_torch(model):
+    state = select_lstm(torch.nn.DataParallel(model).state_dict(), "encoder.rnn").weights
     fresh = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
 

@@ -379,6 +379,6 @@ def test_output_format_from_suffix_or_name():
         format_for("x.msgpack")
     with pytest.raises(ValueError, match="cannot tell the output format"):
         format_for("x.bin")
-    with pytest.raises(ValueError, match="unknown output format 'onnx'"):
-        format_for("x.onnx", "onnx")
+    with pytest.raises(ValueError, match="unknown output format 'tflite'"):
+        format_for("x.tflite", "tflite")
     assert {f.suffix for f in OUTPUT_FORMATS.values()} >= {".safetensors", ".npz", ".eqx"}

@@ -77,7 +77,7 @@ def test_not_an_lstm():
     with pytest.raises(ValueError, match="no LSTM weights found.*'fc.weight'"):
         jaxlstm.from_torch({"fc.weight": np.zeros((2, 2))})
     with pytest.raises(ValueError, match="4 \\* hidden_size"):
-        jaxlstm.from_torch({"weight_ih_l0": np.zeros((6, 2)), "weight_hh_l0": np.zeros((6, 2))})
+        jaxlstm.from_torch({"weight_ih_l0": np.zeros((10, 2)), "weight_hh_l0": np.zeros((10, 2))})
     with pytest.raises(TypeError, match="state_dict"):
         jaxlstm.from_torch([1, 2])
 

@@ -1,12 +1,15 @@
 """Other libraries' LSTM weights <-> jaxlstm's torch-named parameters.
 
 Every format maps to and from the one internal representation, a ``{torch name: array}``
-dict (what :func:`jaxlstm.to_torch` returns and :func:`jaxlstm.from_torch` accepts):
+dict (what :func:`jaxlstm.to_torch` returns and :func:`jaxlstm.from_torch` accepts). They
+depend only on :mod:`jaxlstm.arrays`, :mod:`jaxlstm.config` and :mod:`jaxlstm.nnx`:
 
 - :mod:`jaxlstm.formats.flax`: Flax Linen / NNX ``LSTMCell`` and ``OptimizedLSTMCell``.
 - :mod:`jaxlstm.formats.keras`: Keras 3 ``LSTM`` and ``Bidirectional(LSTM)``.
 - :mod:`jaxlstm.formats.jax_rnn`: ``jax.experimental.rnn`` flat weights (layers, directions).
 - :mod:`jaxlstm.formats.equinox`: Equinox ``LSTMCell``.
+- :mod:`jaxlstm.formats.onnx`: ONNX ``LSTM`` nodes (import of any chain of them, export of an
+  ``nn.LSTM`` as a model ONNX Runtime runs).
 
 Where a format cannot hold the weights (two biases, a projection, several layers in a
 single-cell format) the export raises instead of dropping anything. :func:`write` saves
@@ -59,6 +62,13 @@ def _equinox(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> N
     write_equinox(state_dict, path, merge_biases=merge_biases)
 
 
+def _onnx(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+    from jaxlstm.formats.onnx import write_onnx
+
+    del merge_biases  # ONNX's B holds both biases, like torch
+    write_onnx(state_dict, path)
+
+
 def _jax_rnn(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
     from jaxlstm.formats.jax_rnn import write_npz
 
@@ -81,6 +91,7 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
         OutputFormat("equinox", ".eqx", "Equinox LSTMCell leaves (eqx.tree_serialise_leaves)",
                      _equinox),
         OutputFormat("jax-rnn", ".npz", "jax.experimental.rnn flat weights and sizes", _jax_rnn),
+        OutputFormat("onnx", ".onnx", "ONNX model of LSTM nodes (inputs input, h0, c0)", _onnx),
     )
 }
 

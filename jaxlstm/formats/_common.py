@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxlstm.config import LSTMCellConfig, LSTMConfig, check_params, param_suffix
-from jaxlstm.porting import infer_config, to_numpy
+from jaxlstm.arrays import check_weights, to_numpy
+from jaxlstm.config import LSTMCellConfig, LSTMConfig, param_suffix
 
 
 class Direction(NamedTuple):
@@ -31,9 +31,7 @@ def directions(
     Keys and shapes are checked first. A cell is returned as one layer, one direction. None of
     the foreign formats has torch's projection, so a ``proj_size`` LSTM raises, naming ``fmt``.
     """
-    arrays = {str(k): to_numpy(v, str(k)) for k, v in state_dict.items()}
-    config = infer_config(arrays)
-    check_params(arrays, config.param_shapes(), what=type(config).__name__[:-6])
+    config, arrays = check_weights(state_dict)
     if isinstance(config, LSTMCellConfig):
         return config, [[Direction(*(arrays.get(k) for k in _CELL_NAMES))]]
     if config.proj_size:
@@ -80,7 +78,7 @@ def one_bias(cell: Direction, *, fmt: str, merge_biases: bool) -> np.ndarray | N
         return cell.bias_ih + cell.bias_hh
     raise ValueError(
         f"{fmt} holds one bias per gate, but these torch weights have two (bias_ih and bias_hh, "
-        "both non-zero). Pass merge_biases=True (--merge-biases on the command line) to store "
+        "both non-zero). Pass merge_biases=True to store "
         "their sum, which gives the same outputs; importing it back then yields bias_ih = the "
         "sum and bias_hh = 0"
     )

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlstm.arrays import resolve_param_dtype, to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import one_bias, single_cell, split_bias
-from jaxlstm.nnx import LSTMCell
-from jaxlstm.porting import _param_dtype, from_torch, to_numpy
+from jaxlstm.nnx import LSTMCell, from_weights
 
 FMT = "an Equinox LSTMCell"
 
@@ -78,7 +78,7 @@ def to_equinox_cell(state_dict: Mapping[str, Any], *, merge_biases: bool = False
     arrays = {"weight_ih": cell.weight_ih, "weight_hh": cell.weight_hh}
     if bias is not None:
         arrays["bias"] = bias
-    dtype = _param_dtype(arrays, None)
+    dtype = resolve_param_dtype(arrays, None)
     gates, input_size = cell.weight_ih.shape
     template = eqx.nn.LSTMCell(input_size, gates // 4, use_bias=bias is not None, dtype=dtype,
                                key=jax.random.key(0))
@@ -91,8 +91,9 @@ def to_equinox_cell(state_dict: Mapping[str, Any], *, merge_biases: bool = False
 
 
 def equinox_cell_to_jaxlstm(cell: Any, **kwargs: Any) -> LSTMCell:
-    """A :class:`jaxlstm.LSTMCell` with an Equinox cell's weights (``kwargs``: ``from_torch``)."""
-    model = from_torch(from_equinox_cell(cell), **kwargs)
+    """A :class:`jaxlstm.LSTMCell` with an Equinox cell's weights (``kwargs`` go to
+    :func:`jaxlstm.nnx.from_weights`)."""
+    model = from_weights(from_equinox_cell(cell), **kwargs)
     assert isinstance(model, LSTMCell)
     return model
 

@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlstm.arrays import resolve_param_dtype, to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import one_bias, single_cell, split_bias
-from jaxlstm.nnx import LSTMCell
-from jaxlstm.porting import _param_dtype, from_torch, to_numpy
+from jaxlstm.nnx import LSTMCell, from_weights
 
 _GATES = ("i", "f", "g", "o")
 FMT = "a Flax LSTMCell"
@@ -178,7 +178,7 @@ def to_nnx_cell(
 
     pure = nnx_pure_dict(state_dict, optimized=optimized, merge_biases=merge_biases)
     flat = _flatten(pure)
-    dtype = _param_dtype(flat, None)
+    dtype = resolve_param_dtype(flat, None)
     # Input kernels are (I, ·), recurrent kernels (H, ·) in both layouts.
     input_size = flat["dense_i/kernel" if optimized else "ii/kernel"].shape[0]
     hidden = flat["dense_h/kernel" if optimized else "hi/kernel"].shape[0]
@@ -204,11 +204,12 @@ def nnx_pure_dict(
 
 
 def flax_cell_to_jaxlstm(source: Any, **kwargs: Any) -> LSTMCell:
-    """A :class:`jaxlstm.LSTMCell` with a Flax cell's weights (``kwargs`` go to ``from_torch``).
+    """A :class:`jaxlstm.LSTMCell` with a Flax cell's weights (``kwargs`` go to
+    :func:`jaxlstm.nnx.from_weights`).
 
     Call it with ``(h, c)``: Flax's ``(c, h)`` carry swapped.
     """
-    model = from_torch(from_flax_cell(source), **kwargs)
+    model = from_weights(from_flax_cell(source), **kwargs)
     assert isinstance(model, LSTMCell)
     return model
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm.arrays import to_numpy
 from jaxlstm.config import LSTMCellConfig
 from jaxlstm.formats._common import directions, one_dtype, torch_names
-from jaxlstm.nnx import LSTM
-from jaxlstm.porting import from_torch, to_numpy
+from jaxlstm.nnx import LSTM, from_weights
 
 FMT = "jax.experimental.rnn"
+SIZE_KEYS = ("input_size", "hidden_size", "num_layers", "bidirectional")
+"""The entries of a :func:`write_npz` file besides ``weights``."""
 
 
 def from_jax_rnn(
@@ -95,10 +97,10 @@ def jax_rnn_to_jaxlstm(
     bidirectional: bool = False, **kwargs: Any,
 ) -> LSTM:
     """A :class:`jaxlstm.LSTM` with ``jax.experimental.rnn`` weights; ``batch_first=True`` as
-    ``jax.experimental.rnn.lstm`` is (``kwargs`` go to :func:`jaxlstm.from_torch`)."""
+    ``jax.experimental.rnn.lstm`` is (``kwargs`` go to :func:`jaxlstm.nnx.from_weights`)."""
     kwargs.setdefault("batch_first", True)
     state = from_jax_rnn(weights, input_size, hidden_size, num_layers, bidirectional)
-    model = from_torch(state, **kwargs)
+    model = from_weights(state, **kwargs)
     assert isinstance(model, LSTM)
     return model
 
@@ -117,8 +119,7 @@ def write_npz(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> No
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """torch ``nn.LSTM`` weights from a file written by :func:`write_npz`."""
     with np.load(path) as data:
-        missing = [k for k in ("weights", "input_size", "hidden_size", "num_layers",
-                               "bidirectional") if k not in data]
+        missing = [k for k in ("weights", *SIZE_KEYS) if k not in data]
         if missing:
             raise ValueError(f"{os.fspath(path)!r} is not a jax.experimental.rnn .npz written by "
                              f"jaxlstm: missing {', '.join(map(repr, missing))}")

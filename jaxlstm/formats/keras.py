@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm.arrays import to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import directions, one_bias, one_dtype, split_bias, torch_names
-from jaxlstm.nnx import LSTM
-from jaxlstm.porting import from_torch, to_numpy
+from jaxlstm.nnx import LSTM, from_weights
 
 FMT = "a Keras LSTM layer"
 # Keras picks its backend once, when first imported; jaxlstm runs on JAX.
@@ -158,10 +158,10 @@ def to_keras_lstm(
 def keras_lstm_to_jaxlstm(source: Any, **kwargs: Any) -> LSTM:
     """A :class:`jaxlstm.LSTM` with a Keras layer's weights; ``batch_first=True`` like Keras.
 
-    ``kwargs`` go to :func:`jaxlstm.from_torch` (``batch_first=False`` for time-major input).
+    ``kwargs`` go to :func:`jaxlstm.nnx.from_weights` (``batch_first=False`` for time-major input).
     """
     kwargs.setdefault("batch_first", True)
-    model = from_torch(from_keras_lstm(source), **kwargs)
+    model = from_weights(from_keras_lstm(source), **kwargs)
     assert isinstance(model, LSTM)
     return model
 

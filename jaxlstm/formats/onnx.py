@@ -1,0 +1,268 @@
+"""ONNX ``LSTM`` nodes <-> torch-named weights.
+
+An ONNX ``LSTM`` node is one layer: ``W (D, 4H, I)``, ``R (D, 4H, H)``, ``B (D, 8H)`` =
+``[Wb || Rb]``, gates in the order **i, o, f, c** (torch: i, f, g, o), ``D = 2`` for
+``direction="bidirectional"``. A stacked torch LSTM is a chain of such nodes, each reading the
+previous one's output: :func:`read_onnx` follows the chains and returns each as one ``nn.LSTM``
+state dict. What torch's LSTM cannot express (peepholes ``P``, ``clip``, ``input_forget``,
+other ``activations``, a lone ``reverse`` direction) raises, naming the attribute.
+
+:func:`to_onnx` builds an ONNX model that runs a jaxlstm / torch LSTM: inputs ``input``
+``(L, N, I)`` (``(N, L, I)`` batch-first), ``h0``, ``c0``; outputs ``output``,
+``h_n``, ``c_n`` in torch's layout. It needs ``onnx``; ONNX Runtime runs the result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxlstm.config import LSTMCellConfig, param_suffix
+from jaxlstm.formats._common import directions
+
+FMT = "ONNX"
+_TORCH_FROM_ONNX = (0, 2, 3, 1)  # torch i, f, g, o are ONNX blocks i=0, f=2, c=3, o=1
+_ONNX_FROM_TORCH = (0, 3, 1, 2)  # ONNX i, o, f, c are torch blocks i=0, o=3, f=1, g=2
+_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError("ONNX support needs onnx: pip install 'jaxlstm[onnx]'") from error
+    return onnx
+
+
+def _reorder(array: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """Reorder the 4 gate blocks along axis 0."""
+    blocks = np.split(np.asarray(array), 4, axis=0)
+    return np.concatenate([blocks[i] for i in order], axis=0)
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    onnx = _onnx()
+    values = {}
+    for attribute in node.attribute:
+        value = onnx.helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list):
+            value = [v.decode() if isinstance(v, bytes) else v for v in value]
+        values[attribute.name] = value
+    return values
+
+
+def _check_node(node: Any, attributes: Mapping[str, Any], inputs: list[str]) -> None:
+    where = f"ONNX LSTM node {node.name!r}"
+    if len(inputs) > 7 and inputs[7]:
+        raise ValueError(f"{where} has peepholes (input P), which torch's LSTM does not have")
+    if "clip" in attributes:
+        raise ValueError(f"{where} sets attribute 'clip' (cell clipping), which torch's LSTM "
+                         "does not do")
+    if attributes.get("input_forget", 0):
+        raise ValueError(f"{where} sets attribute 'input_forget=1' (coupled input and forget "
+                         "gates), which torch's LSTM does not have")
+    activations = [a.lower() for a in attributes.get("activations", [])]
+    count = 2 if attributes.get("direction", "forward") == "bidirectional" else 1
+    if activations and activations != list(_DEFAULT_ACTIVATIONS) * count:
+        raise ValueError(f"{where} sets attribute 'activations'={attributes['activations']}; "
+                         "torch's LSTM uses Sigmoid, Tanh, Tanh")
+    if attributes.get("direction", "forward") == "reverse":
+        raise ValueError(f"{where} has attribute 'direction'='reverse' (a reverse-only LSTM); "
+                         "torch's LSTM is forward or bidirectional")
+
+
+def _constants(graph: Any) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs of ``graph``, by name."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _lstm_ancestor(graph: Any, tensor: str, lstm_outputs: Mapping[str, int]) -> set[int]:
+    """The LSTM nodes whose output ``tensor`` is computed from without passing another LSTM."""
+    producers = {out: node for node in graph.node for out in node.output}
+    found: set[int] = set()
+    stack, seen = [tensor], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in lstm_outputs:
+            found.add(lstm_outputs[name])
+        elif name in producers:
+            stack.extend(producers[name].input)
+    return found
+
+
+def read_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The weights of every LSTM in an ONNX model as one torch-named state dict.
+
+    **Arguments:**
+
+    - ``path``: the ``.onnx`` file (external data beside it is read too).
+
+    Each chain of ``LSTM`` nodes (one node per layer) becomes one ``nn.LSTM`` under the prefix
+    made from its first node's name (``/lstm/LSTM`` -> ``lstm.LSTM.``). Only the weights are
+    read: the graph is never run. The ``layout`` attribute (1: batch-major input) concerns the
+    input, not the weights; port such a model with ``batch_first=True``.
+    """
+    onnx = _onnx()
+    graph = onnx.load(os.fspath(path)).graph
+    constants = _constants(graph)
+    nodes = [node for node in graph.node if node.op_type == "LSTM"]
+    lstm_outputs = {out: index for index, node in enumerate(nodes) for out in node.output[:1]}
+    chain_of: dict[int, int] = {}
+    chains: list[list[int]] = []
+    for index, node in enumerate(nodes):
+        parents = _lstm_ancestor(graph, node.input[0], lstm_outputs)
+        parent = next(iter(parents)) if len(parents) == 1 else None
+        if parent is not None and chains[chain_of[parent]][-1] == parent:
+            chain_of[index] = chain_of[parent]
+            chains[chain_of[index]].append(index)
+        else:
+            chain_of[index] = len(chains)
+            chains.append([index])
+    state: dict[str, np.ndarray] = {}
+    for chain in chains:
+        prefix = re.sub(r"[^0-9A-Za-z_]+", ".", nodes[chain[0]].name).strip(".") or "lstm"
+        for layer, index in enumerate(chain):
+            for name, value in _node_weights(nodes[index], constants, layer).items():
+                state[f"{prefix}.{name}"] = value
+    return state
+
+
+def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int) -> dict:
+    inputs = list(node.input)
+    attributes = _attributes(node)
+    _check_node(node, attributes, inputs)
+    where = f"ONNX LSTM node {node.name!r}"
+    missing = [name for name in inputs[1:3] if name not in constants]
+    if missing:
+        raise ValueError(f"{where}: its weights {missing} are computed in the graph, not stored "
+                         "as initializers or constants; cannot read them")
+    weight, recurrent = constants[inputs[1]], constants[inputs[2]]
+    bias = constants.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
+    state = {}
+    for direction in range(weight.shape[0]):
+        suffix = param_suffix(layer, direction)
+        state["weight_ih" + suffix] = _reorder(weight[direction], _TORCH_FROM_ONNX)
+        state["weight_hh" + suffix] = _reorder(recurrent[direction], _TORCH_FROM_ONNX)
+        if bias is not None:
+            wb, rb = np.split(bias[direction], 2)
+            state["bias_ih" + suffix] = _reorder(wb, _TORCH_FROM_ONNX)
+            state["bias_hh" + suffix] = _reorder(rb, _TORCH_FROM_ONNX)
+    return state
+
+
+def to_onnx(
+    state_dict: Mapping[str, Any], *, batch_first: bool = False, opset: int = 14
+) -> Any:
+    """An ONNX ``ModelProto`` that computes the LSTM of torch-named ``state_dict``.
+
+    **Arguments:**
+
+    - ``state_dict``: an ``nn.LSTM`` without projection (any layers and directions).
+    - ``batch_first``: the model's ``input``/``output`` are ``(N, L, *)`` instead of
+      ``(L, N, *)`` (``h0``/``h_n``/``c0``/``c_n`` never are).
+    - ``opset``: the ONNX opset (LSTM is opset 7+, ``layout`` 14+).
+
+    Inputs ``input``, ``h0``, ``c0`` (all three required: feed zeros for torch's default
+    state); outputs ``output``, ``h_n``, ``c_n``, shaped
+    as torch's ``nn.LSTM``. Sequence length and batch size are free.
+    """
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    config, layers = directions(state_dict, fmt=FMT)
+    if isinstance(config, LSTMCellConfig):
+        raise ValueError("ONNX export takes an nn.LSTM; an LSTMCell is one step, export it as "
+                         "a 1-layer LSTM over sequences of length 1")
+    hidden = config.hidden_size
+    dtype = np.asarray(layers[0][0].weight_ih).dtype
+    if dtype not in (np.float32, np.float64, np.float16):
+        raise ValueError(f"ONNX export needs float32, float64 or float16 weights, got {dtype}")
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    count = config.num_directions
+    nodes, initializers = [], []
+
+    def constant(name: str, value: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    x = "input"
+    if batch_first:
+        nodes.append(helper.make_node("Transpose", ["input"], ["input_tm"], perm=[1, 0, 2]))
+        x = "input_tm"
+    h_parts, c_parts = [], []
+    for layer, cells in enumerate(layers):
+        weights = np.stack([_reorder(c.weight_ih, _ONNX_FROM_TORCH) for c in cells])
+        recurrent = np.stack([_reorder(c.weight_hh, _ONNX_FROM_TORCH) for c in cells])
+        inputs = [x, constant(f"W_l{layer}", weights), constant(f"R_l{layer}", recurrent)]
+        if config.bias:
+            bias = np.stack([np.concatenate([_reorder(c.bias_ih, _ONNX_FROM_TORCH),
+                                             _reorder(c.bias_hh, _ONNX_FROM_TORCH)])
+                             for c in cells])
+            inputs.append(constant(f"B_l{layer}", bias))
+        else:
+            inputs.append("")
+        rows = constant(f"rows_l{layer}", np.array([layer * count, (layer + 1) * count]))
+        starts, ends = f"start_l{layer}", f"end_l{layer}"
+        nodes.append(helper.make_node("Split", [rows], [starts, ends], axis=0, num_outputs=2)
+                     if opset >= 18 else helper.make_node("Split", [rows], [starts, ends],
+                                                          axis=0))
+        for state in ("h0", "c0"):
+            nodes.append(helper.make_node("Slice", [state, starts, ends], [f"{state}_l{layer}"]))
+        inputs += ["", f"h0_l{layer}", f"c0_l{layer}"]
+        y, y_h, y_c = f"Y_l{layer}", f"Yh_l{layer}", f"Yc_l{layer}"
+        nodes.append(helper.make_node(
+            "LSTM", inputs, [y, y_h, y_c], name=f"lstm_l{layer}", hidden_size=hidden,
+            direction="bidirectional" if count == 2 else "forward",
+        ))
+        # Y (L, D, N, H) -> (L, N, D*H), torch's layer output.
+        nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
+        shape = constant(f"shape_l{layer}", np.array([0, 0, -1]))
+        x = f"out_l{layer}"
+        nodes.append(helper.make_node("Reshape", [f"{y}_t", shape], [x]))
+        h_parts.append(y_h)
+        c_parts.append(y_c)
+    final = "output"
+    if batch_first:
+        nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[1, 0, 2]))
+    else:
+        nodes.append(helper.make_node("Identity", [x], [final]))
+    nodes.append(helper.make_node("Concat", h_parts, ["h_n"], axis=0))
+    nodes.append(helper.make_node("Concat", c_parts, ["c_n"], axis=0))
+    time_batch = ["batch", "time"] if batch_first else ["time", "batch"]
+    states = config.num_layers * count
+    graph = helper.make_graph(
+        nodes, "jaxlstm_lstm",
+        [helper.make_tensor_value_info("input", elem, [*time_batch, config.input_size]),
+         helper.make_tensor_value_info("h0", elem, [states, "batch", hidden]),
+         helper.make_tensor_value_info("c0", elem, [states, "batch", hidden])],
+        [helper.make_tensor_value_info("output", elem, [*time_batch, count * hidden]),
+         helper.make_tensor_value_info("h_n", elem, [states, "batch", hidden]),
+         helper.make_tensor_value_info("c_n", elem, [states, "batch", hidden])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="jaxlstm")
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_onnx(state_dict: Mapping[str, Any], path: str | os.PathLike[str],
+               *, batch_first: bool = False) -> None:
+    """Save :func:`to_onnx` of ``state_dict`` to ``path``."""
+    Path(path).write_bytes(to_onnx(state_dict, batch_first=batch_first).SerializeToString())
