@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,16 @@ except ImportError as error:  # pragma: no cover - exercised in an environment w
         "jaxlstm.testing compares against real torch, which is not installed: "
         "pip install 'jaxlstm[torch]'"
     ) from error
+
+@contextlib.contextmanager
+def _native_path():
+    """oneDNN off for the block; torch's flag switch warns about Intel-GPU TF32, which is noise
+    here (nothing runs on an Intel GPU)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 """Relative tolerance per dtype."""
@@ -122,7 +133,7 @@ def run_torch(module: Any, inputs: Inputs, *, native: bool) -> dict[str, np.ndar
     hx = None
     if inputs.hx is not None:
         hx = tuple(torch.tensor(a, requires_grad=True) for a in inputs.hx)
-    flags = torch.backends.mkldnn.flags(enabled=False) if native else contextlib.nullcontext()
+    flags = _native_path() if native else contextlib.nullcontext()
     with flags:
         if _is_cell(module):
             h, c = module(x, hx)
