@@ -811,8 +811,9 @@ def lstm(
       shape ``(D*num_layers, N, H)`` (drop ``N`` for unbatched input); zeros when omitted.
     - ``seq_lengths``: optional int array ``(N,)`` (``()`` for unbatched input): the valid length
       of each sequence, with torch ``PackedSequence`` semantics. Concrete values are checked to
-      lie in ``[1, L]``; traced values (under ``jit``) cannot be checked and are clipped to
-      ``[0, L]`` (a length of 0 leaves that sequence's state at ``hx`` and its output at padding).
+      lie in ``[1, L]``; traced values (under ``jit``) are clipped to ``[0, L]`` (a length of 0
+      leaves that sequence's state at ``hx`` and its output at padding); the modules'
+      ``check_lengths=True`` checks them when the computation runs.
     - ``dropout_rng``: PRNG key for dropout between layers; needed only when
       ``deterministic=False`` and ``config.dropout > 0``.
     - ``deterministic``: ``True`` disables dropout (torch's ``eval()`` mode).
