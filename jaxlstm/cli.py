@@ -211,8 +211,9 @@ def _convert(args: argparse.Namespace) -> int:
     if output.exists() and not args.force:
         raise FileExistsError(f"output file {args.output!r} already exists; choose another "
                               "name or pass --force to replace it")
-    state = read_checkpoint(args.input).state_dict
-    chosen = select_lstm(state, args.prefix, source=f"file {args.input!r}")
+    checkpoint = read_checkpoint(args.input)
+    chosen = select_lstm(checkpoint.state_dict, args.prefix, source=f"file {args.input!r}",
+                         container=checkpoint.wrapper)
     try:
         write(chosen.weights, output, fmt, merge_biases=args.merge_biases, force=args.force)
     except ValueError as error:
@@ -265,7 +266,8 @@ def _parity_file(argv: list[str]) -> int:
 
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
         warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
-        chosen = select_lstm(read_checkpoint(args.file).state_dict, args.prefix,
+        checkpoint = read_checkpoint(args.file)
+        chosen = select_lstm(checkpoint.state_dict, args.prefix, container=checkpoint.wrapper,
                              source=f"file {args.file!r}")
         # A NaN/Inf weight makes both sides NaN alike; name it rather than only its effects.
         broken = {name: int(np.size(a) - np.isfinite(np.asarray(a, np.float64)).sum())

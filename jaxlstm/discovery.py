@@ -167,7 +167,11 @@ def find_lstms(
 
 
 def select_lstm(
-    state_dict: Mapping[str, Any], prefix: str | None = None, *, source: str = "the state dict"
+    state_dict: Mapping[str, Any],
+    prefix: str | None = None,
+    *,
+    source: str = "the state dict",
+    container: str | None = None,
 ) -> FoundLSTM:
     """The one LSTM at ``prefix`` in ``state_dict``, its config and its torch-named weights.
 
@@ -180,6 +184,9 @@ def select_lstm(
       (``"encoder.rnn."`` for ``"state_dict.model.encoder.rnn."``); ``""`` for a bare LSTM;
       ``None`` when there is only one.
     - ``source``: how errors name the state dict.
+    - ``container``: the dotted path in the file that held every tensor of ``state_dict`` and was
+      dropped when reading it (``Checkpoint.wrapper``, e.g. ``"model_state.encoder"``), so that
+      a prefix through it (``"model_state.encoder.rnn."`` or ``"encoder.rnn."``) still fits.
 
     Only the chosen module's weights are checked, so a broken unrelated module does not get in
     the way. Errors list the prefixes available.
@@ -192,11 +199,13 @@ def select_lstm(
             f"no LSTM or LSTMCell weights in {source}: expected keys ending in 'weight_ih_l0' "
             f"(nn.LSTM) or 'weight_ih' (nn.LSTMCell); it holds {len(keys)} keys: {shown or '-'}"
         )
-    chosen = _match(candidates, prefix, source)
+    chosen = _match(candidates, prefix, source, container)
     return _found(chosen, candidates[chosen], source, strict=True)
 
 
-def _match(candidates: Mapping[str, Any], prefix: str | None, source: str) -> str:
+def _match(
+    candidates: Mapping[str, Any], prefix: str | None, source: str, container: str | None
+) -> str:
     listing = "\n  ".join(_listing(p, params) for p, params in candidates.items())
     if prefix is None:
         if len(candidates) == 1:
@@ -206,8 +215,9 @@ def _match(candidates: Mapping[str, Any], prefix: str | None, source: str) -> st
             f"{next(iter(candidates))!r}):\n  {listing}"
         )
     wanted = _bare(prefix.strip())
-    exact = [p for p in candidates if _bare(p) == wanted]
-    tails = [p for p in candidates if ("." + _bare(p)).endswith("." + wanted) and wanted]
+    paths = {p: _bare(f"{container}.{p}" if container else p) for p in candidates}
+    exact = [p for p in candidates if wanted in (_bare(p), paths[p])]
+    tails = [p for p in candidates if ("." + paths[p]).endswith("." + wanted) and wanted]
     matches = exact or tails
     if len(matches) == 1:
         return matches[0]

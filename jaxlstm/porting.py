@@ -212,13 +212,14 @@ def from_checkpoint(
     if isinstance(source, (str, os.PathLike)):
         from jaxlstm.files import read_checkpoint
 
-        state_dict: Mapping[str, Any] = read_checkpoint(source).state_dict
-        where = f"file {os.fspath(source)!r}"
+        checkpoint = read_checkpoint(source)
+        state_dict: Mapping[str, Any] = checkpoint.state_dict
+        where, container = f"file {os.fspath(source)!r}", checkpoint.wrapper
     elif isinstance(source, Mapping):
-        state_dict, where = source, "the state dict"
+        state_dict, where, container = source, "the state dict", None
     else:
         raise TypeError(
             f"from_checkpoint expects a file path or a state dict, got {type(source).__name__}"
         )
-    found = select_lstm(state_dict, prefix, source=where)
+    found = select_lstm(state_dict, prefix, source=where, container=container)
     return from_weights(found.weights, param_dtype=param_dtype, source=where, **config)

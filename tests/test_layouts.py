@@ -83,6 +83,23 @@ def test_nested_training_checkpoint(tmp_path, capsys, net):
         {k: to_tensor(v) for k, v in files.load_state_dict(out_file).items()}, strict=True)
 
 
+def test_prefix_through_the_one_container_that_held_every_tensor(tmp_path, capsys, net):
+    # Before the first step the optimizer state holds no tensors, so 'model_state.net' holds
+    # every tensor and is dropped on reading; the prefix as the file spells it (whole, or any
+    # unique tail of it) still picks the LSTM.
+    path = tmp_path / "train.pt"
+    torch.save({"step": 0, "model_state": {"net": net.state_dict()},
+                "optimizer_state": torch.optim.Adam(net.parameters()).state_dict()}, path)
+    assert files.read_checkpoint(path).wrapper == "model_state.net"
+    for prefix in ("model_state.net.encoder.rnn.", "net.encoder.rnn", "encoder.rnn."):
+        model = jaxlstm.from_checkpoint(path, prefix)
+        _matches(jaxlstm.to_torch(model), net.encoder.rnn, dtypes=("float64",))
+        assert cli.main(["parity", str(path), "--prefix", prefix, "--dtype", "float64"]) == 0
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="no LSTM at prefix 'decoder.rnn.'"):
+        jaxlstm.from_checkpoint(path, "decoder.rnn")
+
+
 def test_lightning_checkpoint_with_model_prefix(tmp_path, capsys, net):
     path = tmp_path / "epoch=3.ckpt"
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
