@@ -8,6 +8,7 @@ or suite).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 import warnings
@@ -258,11 +259,12 @@ def _parity_file(argv: list[str]) -> int:
             raise ImportError(f"{error} (jaxlstm parity needs torch: pip install "
                               "'jaxlstm[torch]')") from error
         import numpy as np
+        import torch
 
         from jaxlstm.arrays import describe
         from jaxlstm.discovery import select_lstm
         from jaxlstm.files import read_checkpoint
-        from jaxlstm.porting import to_tensor
+        from jaxlstm.porting import torch_module
 
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
         warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
@@ -277,9 +279,12 @@ def _parity_file(argv: list[str]) -> int:
         dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
         where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
         print(f"{where}{args.file}: {describe(chosen.config)}")
+        config = chosen.config
+        if isinstance(config, LSTMConfig):
+            config = dataclasses.replace(config, batch_first=args.batch_first)
         passed = True
         for dtype in dtypes:
-            module = _torch_module(chosen, args.batch_first, dtype, to_tensor)
+            module = torch_module(config, chosen.weights).to(getattr(torch, dtype)).eval()
             report = testing.compare(module, x=x, steps=args.steps, batch=args.batch,
                                      seed=args.seed)
             print(f"\n{dtype}:\n{report.table()}")
@@ -293,22 +298,6 @@ def _parity_file(argv: list[str]) -> int:
         return 0 if passed else 1
 
     return _guarded("parity", run)
-
-
-def _torch_module(chosen: object, batch_first: bool, dtype: str, to_tensor: Callable) -> object:
-    """The torch module of ``chosen``'s architecture holding its weights, in ``dtype``."""
-    import torch
-
-    config = chosen.config  # type: ignore[attr-defined]
-    if isinstance(config, LSTMConfig):
-        module = torch.nn.LSTM(config.input_size, config.hidden_size, config.num_layers,
-                               config.bias, batch_first, 0.0, config.bidirectional,
-                               config.proj_size)
-    else:
-        module = torch.nn.LSTMCell(config.input_size, config.hidden_size, config.bias)
-    module.load_state_dict({k: to_tensor(v) for k, v in chosen.weights.items()},  # type: ignore
-                           strict=True)
-    return module.to(getattr(torch, dtype)).eval()
 
 
 def _run_suite(command: str, argv: list[str]) -> int:

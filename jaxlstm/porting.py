@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlstm.arrays import describe, infer_config, to_numpy
-from jaxlstm.config import LSTMCellConfig, check_params
+from jaxlstm.config import LSTMCellConfig, LSTMConfig, check_params
 from jaxlstm.discovery import (
     FoundLSTM,
     find_lstms,
@@ -152,11 +152,24 @@ def to_torch(model: LSTM | LSTMCell) -> dict[str, np.ndarray]:
 
 def to_torch_module(model: LSTM | LSTMCell) -> Any:
     """A live ``torch.nn.LSTM``/``LSTMCell`` with the model's configuration, weights and mode."""
+    module = torch_module(model.config, to_torch(model))
+    if isinstance(model, LSTM):
+        module.train(not model.deterministic)
+    return module
+
+
+def torch_module(config: LSTMConfig | LSTMCellConfig, weights: Mapping[str, Any]) -> Any:
+    """The ``torch.nn.LSTM``/``LSTMCell`` that ``config`` describes, holding ``weights``.
+
+    **Arguments:**
+
+    - ``config``: the architecture (``batch_first`` and ``dropout`` included).
+    - ``weights``: ``{torch name: array}``, loaded with ``strict=True`` in their own dtype.
+    """
     import torch
 
-    state = {name: to_tensor(array) for name, array in to_torch(model).items()}
+    state = {name: to_tensor(array) for name, array in weights.items()}
     dtype = next(iter(state.values())).dtype
-    config = model.config
     if isinstance(config, LSTMCellConfig):
         module = torch.nn.LSTMCell(config.input_size, config.hidden_size, config.bias, dtype=dtype)
     else:
@@ -165,7 +178,6 @@ def to_torch_module(model: LSTM | LSTMCell) -> Any:
             config.batch_first, config.dropout, config.bidirectional, config.proj_size,
             dtype=dtype,
         )
-        module.train(not model.deterministic)
     module.load_state_dict(state, strict=True)
     return module
 
