@@ -247,14 +247,15 @@ class Residuals(NamedTuple):
 
 class Schedule(NamedTuple):
     """How a layer runs, not what it computes: matmul ``precision``, the forward loop's
-    ``unroll``, ``remat`` (0, or the chunk length of the rematerialising backward pass) and
+    ``unroll``, ``remat`` (0, or the chunk length of the rematerialising backward pass),
     ``chunk_rows`` (rows, steps x batch, of input projection per chunk of the forward-only
-    pass)."""
+    pass) and ``wavefront`` (stacked unidirectional layers in one loop, :func:`_stack`)."""
 
     precision: Any
     unroll: int
     remat: int
     chunk_rows: int
+    wavefront: bool = False
 
 
 def _step(row, state, keep, w_hh_t, w_hr_t, bias, scale, precision):
@@ -691,11 +692,289 @@ def _layer_jvp(schedule: Schedule, primals, tangents):
 _layer.defjvp(_layer_jvp, symbolic_zeros=True)
 
 
-def _dropout(x: Array, rate: float, key: Array) -> Array:
-    if rate >= 1.0:
-        return jnp.zeros_like(x)
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+# --- Stacked unidirectional layers as a wavefront ---------------------------------------------
+#
+# Loop iteration ``s`` runs layer ``l`` at time ``s - l``: layer ``l + 1`` reads the output that
+# layer ``l`` produced one iteration earlier, so all layers advance in one loop of ``T + L - 1``
+# iterations (one batched matmul over the layer axis per iteration) instead of ``L`` loops of
+# ``T``. Everything the loops record is kept "skewed": layer ``l``'s row for time ``t`` lives at
+# index ``t + l`` of an (L, T + L - 1, N, F) buffer, so each iteration reads and writes one
+# (L, N, F) slice, and after the loop each layer's rows are contiguous for the GEMMs. Layer 0's
+# input projection is one GEMM before the loop; the other layers project their input inside it.
+# A layer outside its T steps is masked like a step past a sequence's end, which ``_step``
+# already handles.
+
+
+class StackInputs(NamedTuple):
+    """What a wavefront stack is differentiated with respect to: ``x`` (T, N, I), one
+    :class:`LayerWeights` per layer (one direction each), ``h0`` (L, N, P), ``c0`` (L, N, H)."""
+
+    x: Array
+    weights: tuple[LayerWeights, ...]
+    h0: Array
+    c0: Array
+
+
+class StackSaved(NamedTuple):
+    """What the wavefront's training loop records, skewed (S = T + L - 1 rows, see above):
+    ``t`` (L, S, N, 4H) (overwritten by the gate gradients in the backward loop), ``h_prev``
+    (L, S, N, P), ``c_prev`` (L, S, N, H), ``r`` (L, S, N, H) or ``None``, and ``inputs``
+    (L - 1, S, N, P): what layers 1 .. L-1 read (the output below, after dropout)."""
+
+    t: Array
+    h_prev: Array
+    c_prev: Array
+    r: Array | None
+    inputs: Array
+
+
+class StackResiduals(NamedTuple):
+    x: Array
+    weights: tuple[LayerWeights, ...]
+    valid: Array | None
+    keep: Array | None
+    saved: StackSaved
+
+
+def _stack_weights(weights: tuple[LayerWeights, ...]):
+    """The per-layer weights stacked along a leading layer axis: ``(w_ih0, w_ih_up, w_hh, bias,
+    w_hr_t)`` with ``w_ih0`` (4H, I) layer 0's, ``w_ih_up`` (L-1, 4H, P) the others'."""
+    w_hh = jnp.concatenate([w.w_hh for w in weights])
+    w_ih_up = jnp.stack([w.w_ih[0] for w in weights[1:]])
+    bias = None if weights[0].bias is None else jnp.concatenate([w.bias for w in weights])
+    w_hr_t = None
+    if weights[0].w_hr_t is not None:
+        w_hr_t = jnp.concatenate([w.w_hr_t for w in weights])
+    return weights[0].w_ih[0], w_ih_up, w_hh, bias, w_hr_t
+
+
+def _skew(mask: Array | None, steps: int, layers: int, batch: int, first: int = 0) -> Array:
+    """A (T, ...) per-time mask (``None``: all True) for each of ``layers`` layers counted from
+    layer ``first``, skewed to (T + L - 1, layers, ...) with the rows outside each layer's T
+    steps False; ``mask`` may also hold one (T, ...) mask per layer (a leading layer axis)."""
+    total = steps + layers + first - 1
+    time = jnp.arange(total)[:, None] - jnp.arange(first, first + layers)[None, :]
+    active = (time >= 0) & (time < steps)
+    if mask is None:
+        return jnp.broadcast_to(active[:, :, None], (total, layers, batch))
+    rows = jnp.clip(time, 0, steps - 1)
+    skewed = (mask[rows] if mask.ndim == 2
+              else mask[jnp.arange(layers)[None, :], rows])
+    return skewed & active.reshape(active.shape + (1,) * (skewed.ndim - 2))
+
+
+def _drop(x: Array, keep: Array, rate: float) -> Array:
+    """:func:`_dropout` with its mask given."""
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def _skewed_row(buf: Array, s: Array) -> Array:
+    """Iteration ``s``'s slice (L, N, F) of a skewed (L, S, N, F) buffer."""
+    return jax.lax.dynamic_index_in_dim(buf, s, axis=1, keepdims=False)
+
+
+def _put_skewed(buf: Array, rows: Array, s: Array) -> Array:
+    """Write iteration ``s``'s slice ``rows`` (L, N, F) into a skewed (L, S, N, F) buffer."""
+    return jax.lax.dynamic_update_index_in_dim(buf, rows, s, 1)
+
+
+def _wavefront_loop(inputs: StackInputs, valid, keep, rate: float, schedule: Schedule,
+                    record: bool):
+    """The stack's forward pass in one loop: ``(y, (h_T, c_T), saved)`` with ``y`` (T, N, P) the
+    top layer's output, zero at invalid steps, and ``saved`` a :class:`StackSaved` (``None``
+    unless ``record``). ``keep`` (L-1, T, N, P) are the dropout masks between layers or
+    ``None``."""
+    x, weights, h0, c0 = inputs
+    steps, batch = x.shape[:2]
+    layers, precision, dtype = len(weights), schedule.precision, h0.dtype
+    total = steps + layers - 1
+    w_ih0, w_ih_up, w_hh, bias, w_hr_t = _stack_weights(weights)
+    gates_x = _project(x, (w_ih0,), precision)[0]
+    w_hh_t, w_up_t = jnp.swapaxes(w_hh, 1, 2), jnp.swapaxes(w_ih_up, 1, 2)
+    bias = None if bias is None else bias[:, None, :]
+    scale = gate_scale(c0.shape[-1], dtype)
+    active = _skew(valid, steps, layers, batch)
+    drops = None if keep is None else _skew(keep, steps, layers - 1, batch)
+
+    def buffer(count, width):
+        return jnp.zeros((count, total, batch, width), dtype)
+
+    saved = None
+    if record:
+        hidden, out = c0.shape[-1], h0.shape[-1]
+        saved = StackSaved(buffer(layers, 4 * hidden), buffer(layers, out), buffer(layers, hidden),
+                           buffer(layers, hidden) if w_hr_t is not None else None,
+                           buffer(layers - 1, out))
+    y = jnp.zeros((steps, batch, h0.shape[-1]), dtype)
+    below = jnp.zeros((layers - 1, batch, h0.shape[-1]), dtype)
+
+    def body(s, carry):
+        state, below, y, saved = carry
+        row0 = jax.lax.dynamic_index_in_dim(gates_x, jnp.minimum(s, steps - 1), keepdims=False)
+        row_up = jnp.einsum("lnp,lpg->lng", below, w_up_t, precision=precision)
+        keep_s = jax.lax.dynamic_index_in_dim(active, s, keepdims=False)[:, :, None]
+        h_new, new_state, r, t = _step(jnp.concatenate([row0[None], row_up]), state, keep_s,
+                                       w_hh_t, w_hr_t, bias, scale, precision)
+        out = _masked(h_new, keep_s)
+        y = jax.lax.dynamic_update_index_in_dim(y, out[-1], jnp.maximum(s - (layers - 1), 0), 0)
+        if saved is not None:
+            h, c = state
+            saved = StackSaved(_put_skewed(saved.t, t, s),
+                               _put_skewed(saved.h_prev, _masked(h, keep_s), s),
+                               _put_skewed(saved.c_prev, _masked(c, keep_s), s),
+                               None if saved.r is None else _put_skewed(saved.r,
+                                                                        _masked(r, keep_s), s),
+                               _put_skewed(saved.inputs, below, s))
+        below = out[:-1]
+        if drops is not None:
+            below = _drop(below, jax.lax.dynamic_index_in_dim(drops, s, keepdims=False), rate)
+        return new_state, below, y, saved
+
+    state, _, y, saved = jax.lax.fori_loop(0, total, body, ((h0, c0), below, y, saved),
+                                           unroll=schedule.unroll)
+    return y, state, saved
+
+
+def _wavefront_backward(residuals: StackResiduals, rate: float, d_y, d_h_last, d_c_last,
+                        precision):
+    """The reverse wavefront: layer ``l`` at time ``t`` in the same iteration as layer ``l + 1``
+    at time ``t + 1``, carrying each layer's ``(dh, dc)`` and the gradient of what layers 1 ..
+    L-1 read. Returns :class:`StackInputs` of gradients; the weight and input gradients are
+    single GEMMs over all steps after the loop."""
+    x, weights, valid, keep, saved = residuals
+    layers, total, batch = saved.t.shape[:3]
+    steps = total - layers + 1
+    w_ih0, w_ih_up, w_hh, _, w_hr_t = _stack_weights(weights)
+    scale = gate_scale(saved.c_prev.shape[-1], saved.t.dtype)
+    active = _skew(valid, steps, layers, batch)
+    drops = None if keep is None else _skew(keep, steps, layers - 1, batch)
+    dh_buf = None if w_hr_t is None else jnp.zeros_like(saved.h_prev)
+
+    def row(buf, s):
+        return jax.lax.dynamic_index_in_dim(buf, s, keepdims=False)
+
+    def body(i, carry):
+        s = total - 1 - i
+        (dh, dc), d_below, t, g_buf, dh_buf = carry
+        c_p = _skewed_row(saved.c_prev, s)
+        keep_s = row(active, s)[:, :, None]
+        # What reaches each layer's output: from the layer above (read one iteration later,
+        # through dropout) and, for the top layer, from ``y``.
+        if drops is not None:
+            d_below = _drop(d_below, row(drops, s), rate)
+        top = row(d_y, jnp.clip(s - (layers - 1), 0, steps - 1))
+        dh_cand = _masked(dh + jnp.concatenate([d_below, top[None]]), keep_s)
+        dc_cand = _masked(dc, keep_s)
+        dr = dh_cand
+        if w_hr_t is not None:
+            dr = jnp.einsum("lnp,lhp->lnh", dh_cand, w_hr_t, precision=precision)
+        d_scaled, dc_prev = _cell_activate_vjp(t, _cell_state(t, c_p), c_p, dr, dc_cand)
+        d_gates = _masked(d_scaled * scale, keep_s)
+        dh_prev = jnp.einsum("lng,lgp->lnp", d_gates, w_hh, precision=precision)
+        d_below = jnp.einsum("lng,lgp->lnp", d_gates[1:], w_ih_up, precision=precision)
+        dh_prev = jnp.where(keep_s, dh_prev, dh)
+        dc_prev = jnp.where(keep_s, dc_prev, dc)
+        g_buf = _put_skewed(g_buf, d_gates, s)
+        if dh_buf is not None:
+            dh_buf = _put_skewed(dh_buf, dh_cand, s)
+        # Read one step ahead, after the write (as in ``_backward_loop``).
+        return (dh_prev, dc_prev), d_below, _skewed_row(g_buf, s - 1), g_buf, dh_buf
+
+    d_below = jnp.zeros((layers - 1,) + saved.h_prev.shape[2:], saved.t.dtype)
+    carry = ((d_h_last, d_c_last), d_below, _skewed_row(saved.t, total - 1), saved.t, dh_buf)
+    (dh0, dc0), _, _, d_gates, dh_cand = jax.lax.fori_loop(0, total, body, carry)
+
+    # One 2-D GEMM per layer and weight over all of that layer's rows (S x N): on the skewed
+    # buffers, einsums over (s, n) or a batched one over the layers make XLA copy them first.
+    def gemm(a, b):
+        return jnp.einsum("ra,rb->ba", _flat(a), _flat(b), precision=precision)
+
+    first = d_gates[0, :steps]
+    grads = []
+    for layer in range(layers):
+        dg = d_gates[layer]
+        w_in = gemm(x, first) if layer == 0 else gemm(saved.inputs[layer - 1], dg)
+        grads.append(LayerWeights(
+            (w_in,), gemm(saved.h_prev[layer], dg)[None],
+            None if weights[0].bias is None else jnp.sum(_flat(dg), axis=0)[None],
+            None if dh_cand is None else gemm(dh_cand[layer], saved.r[layer])[None],
+        ))
+    d_x = jnp.einsum("tng,gi->tni", first, w_ih0, precision=precision)
+    return StackInputs(d_x, tuple(grads), dh0, dc0)
+
+
+def _flat(a: Array) -> Array:
+    """(..., F) -> (rows, F)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def _unskew(buf: Array, layer: int, steps: int) -> tuple[Array]:
+    """Layer ``layer``'s (T, N, F) rows of a skewed buffer, as a one-direction tuple."""
+    return (buf[layer, layer:layer + steps],)
+
+
+def _stack_tangent(schedule: Schedule, rate: float, residuals: StackResiduals,
+                   tangents: StackInputs):
+    """The stack's derivative in the direction ``tangents``, layer after layer with
+    :func:`_layer_tangent` (each layer's input tangent is the output tangent of the one below,
+    through dropout). Linear in ``tangents``; its transpose is :func:`_wavefront_backward`."""
+    x, weights, valid, keep, saved = residuals
+    steps = x.shape[0]
+    dx, dws, dh0, dc0 = tangents
+    layer_x, dy, dh_n, dc_n = x, dx, [], []
+    for layer, (w, dw) in enumerate(zip(weights, dws)):
+        if layer:
+            layer_x = saved.inputs[layer - 1, layer:layer + steps]
+            dy = dy if keep is None else _drop(dy, keep[layer - 1], rate)
+        layer_saved = Saved(_unskew(saved.t, layer, steps), _unskew(saved.h_prev, layer, steps),
+                            _unskew(saved.c_prev, layer, steps),
+                            () if saved.r is None else _unskew(saved.r, layer, steps))
+        part = LayerInputs(dy, dw, None if dh0 is None else dh0[layer:layer + 1],
+                           None if dc0 is None else dc0[layer:layer + 1])
+        dy, (dh, dc) = _layer_tangent(schedule, Residuals(layer_x, w, valid, layer_saved, None),
+                                      part)
+        dh_n.append(dh)
+        dc_n.append(dc)
+    return dy, (jnp.concatenate(dh_n), jnp.concatenate(dc_n))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _stack(inputs: StackInputs, valid: Array | None, keep: Array | None, schedule: Schedule,
+           rate: float) -> tuple[Array, State]:
+    """``L >= 2`` unidirectional layers as a wavefront: the top layer's output (T, N, P) and the
+    final states ``(h_T, c_T)`` (L, N, ·) of every layer, as :func:`_layer` applied layer after
+    layer (with dropout at ``rate`` where ``keep`` (L-1, T, N, P) is given)."""
+    y, state, _ = _wavefront_loop(inputs, valid, keep, rate, schedule, record=False)
+    return y, state
+
+
+def _stack_jvp(schedule: Schedule, rate: float, primals, tangents):
+    inputs, valid, keep = primals
+    tangents = jax.tree.map(lambda t: None if isinstance(t, SymbolicZero) else t, tangents[0],
+                            is_leaf=lambda t: isinstance(t, SymbolicZero))
+    y, state, saved = _wavefront_loop(inputs, valid, keep, rate, schedule, record=True)
+    residuals = StackResiduals(inputs.x, inputs.weights, valid, keep, saved)
+
+    def cotangent(residuals, cotangents):
+        d_y, (d_h, d_c) = cotangents
+        grads = _wavefront_backward(residuals, rate, d_y, d_h, d_c, schedule.precision)
+        return _prune(grads, tangents)
+
+    outputs = (y, state)
+    return outputs, linear_map(partial(_stack_tangent, schedule, rate), cotangent, residuals,
+                               tangents, outputs)
+
+
+_stack.defjvp(_stack_jvp, symbolic_zeros=True)
+
+
+def _dropout_keep(rate: float, key: Array, shape) -> Array:
+    """Dropout's mask: True (kept) with probability ``1 - rate`` (never, at ``rate >= 1``)."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+def _dropout(x: Array, rate: float, key: Array) -> Array:
+    return _drop(x, _dropout_keep(rate, key, x.shape), rate)
 
 
 def _layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int,
@@ -741,15 +1020,19 @@ def _lstm_time_major(
         seq_lengths = jnp.clip(seq_lengths.astype(jnp.int32), 0, num_steps)
         valid = jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
     layer_input = x.astype(dtype)
+    if valid is not None:
+        # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient;
+        # every layer's output is already zero there.
+        layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
     h0 = h0.astype(dtype).reshape(config.num_layers, directions, *h0.shape[1:])
     c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
+    if _runs_as_wavefront(config, schedule):
+        return _wavefront_time_major(params, layer_input, h0[:, 0], c0[:, 0], valid, dropout_rng,
+                                     config=config, deterministic=deterministic, dtype=dtype,
+                                     padding_value=padding_value, schedule=schedule)
     h_n, c_n = [], []
     for layer in range(config.num_layers):
         weights = _layer_weights(params, config, layer, dtype)
-        if valid is not None and layer == 0:
-            # Zero the padding so that nothing in it (NaN, Inf) reaches a value or a gradient;
-            # every layer's output is already zero there.
-            layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
         layer_input, (h_last, c_last) = _layer(
             LayerInputs(layer_input, weights, h0[layer], c0[layer]), valid, schedule
         )
@@ -759,12 +1042,40 @@ def _lstm_time_major(
         if not last and not deterministic and config.dropout > 0:
             key = jax.random.fold_in(dropout_rng, layer)
             layer_input = _dropout(layer_input, config.dropout, key)
-    output = layer_input
-    if valid is not None and padding_value != 0:
-        output = jnp.where(valid[:, :, None], output, jnp.asarray(padding_value, output.dtype))
-    h_n = jnp.concatenate(h_n, axis=0)
-    c_n = jnp.concatenate(c_n, axis=0)
-    return output, (h_n, c_n)
+    h_n, c_n = jnp.concatenate(h_n), jnp.concatenate(c_n)
+    return _padded(layer_input, valid, padding_value), (h_n, c_n)
+
+
+def _padded(output: Array, valid: Array | None, padding_value: float) -> Array:
+    """``output`` with ``padding_value`` past each sequence's length (it holds zeros there)."""
+    if valid is None or padding_value == 0:
+        return output
+    return jnp.where(valid[:, :, None], output, jnp.asarray(padding_value, output.dtype))
+
+
+def _runs_as_wavefront(config: LSTMConfig, schedule: Schedule) -> bool:
+    """Whether :func:`lstm` runs ``config`` as one wavefront (:func:`_stack`): asked for, two or
+    more unidirectional layers, and no remat (which runs the layers one after another)."""
+    return (schedule.wavefront and config.num_layers > 1 and not config.bidirectional
+            and not schedule.remat)
+
+
+def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, deterministic,
+                          dtype, padding_value, schedule):
+    """:func:`_lstm_time_major`'s layers as one :func:`_stack`; ``h0``/``c0`` (L, N, ·)."""
+    weights = tuple(_layer_weights(params, config, layer, dtype)
+                    for layer in range(config.num_layers))
+    keep = None
+    if not deterministic and config.dropout > 0:
+        # The masks _dropout draws for the same keys and shapes, so both schedules agree.
+        shape = (x.shape[0], x.shape[1], config.output_size)
+        keep = jnp.stack([
+            _dropout_keep(config.dropout, jax.random.fold_in(dropout_rng, layer), shape)
+            for layer in range(config.num_layers - 1)
+        ])
+    output, state = _stack(StackInputs(x, weights, h0, c0), valid, keep, schedule,
+                           float(config.dropout))
+    return _padded(output, valid, padding_value), state
 
 
 def _remat_chunk(remat: bool | int, num_steps: int) -> int:
@@ -800,6 +1111,7 @@ def lstm(
     padding_value: float = 0.0,
     remat: bool | int = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    wavefront: bool = False,
 ) -> tuple[Array, State]:
     """Multi-layer (bi)directional LSTM over a whole sequence, as ``torch.nn.LSTM.forward``.
 
@@ -830,6 +1142,13 @@ def lstm(
       rows (steps x batch) at a time: enough for the GEMM to run at full speed, few enough
       that the projections of a long sequence do not all exist at once (fresh memory costs
       page faults on every call).
+    - ``wavefront``: run two or more unidirectional layers as one wavefront: layer ``l`` at
+      step ``t`` in the same loop iteration as layer ``l + 1`` at step ``t - 1``, one batched
+      matmul over the layers per iteration, ``L + T - 1`` sequential steps instead of ``L * T``
+      (forward and backward; the same numbers). Layers above the first then project their
+      input inside the loop instead of in one GEMM: on CPU that is slower (see
+      ``benchmarks/README.md``); it is meant for accelerators, where each step is short. Ignored
+      for one layer, bidirectional LSTMs and with ``remat``.
 
     Every JAX transformation applies: ``jit``, ``vmap``, reverse mode (``grad``, ``vjp``,
     ``jacrev``) through a hand-scheduled backward pass, forward mode (``jvp``, ``jacfwd``,
@@ -867,7 +1186,7 @@ def lstm(
         config=config, deterministic=bool(deterministic), dtype=dtype,
         padding_value=float(padding_value),
         schedule=Schedule(precision, int(unroll), _remat_chunk(remat, x.shape[0]),
-                          int(chunk_rows)),
+                          int(chunk_rows), bool(wavefront)),
     )
     if config.batch_first:
         output = jnp.swapaxes(output, 0, 1)

@@ -133,7 +133,7 @@ class _LSTMBase(_TorchNamedParams):
                 params, x, hx, config=config, seq_lengths=seq_lengths, dropout_rng=dropout_rng,
                 deterministic=bool(deterministic) if uses_dropout else True,
                 precision=self.precision, dtype=self.dtype, unroll=self.unroll,
-                remat=self.remat,
+                remat=self.remat, wavefront=getattr(self, "wavefront", False),
             )
 
 
@@ -154,6 +154,8 @@ class LSTM(_LSTMBase):
     - ``unroll``: unroll factor of the forward recurrence loop (default 1).
     - ``remat``: recompute the forward in chunks during backward to bound activation memory
       (``True``: ``~sqrt(L)``-step chunks, or an int chunk length; default ``False``).
+    - ``wavefront``: two or more unidirectional layers in one loop, each layer one step behind
+      the one below (default ``False``; see :func:`jaxlstm.functional.lstm`).
     - ``deterministic``: ``True`` disables dropout; may instead be passed at call time (the call
       argument wins). Needed only when ``dropout > 0`` and ``num_layers > 1``.
 
@@ -188,6 +190,7 @@ class LSTM(_LSTMBase):
     precision: Any = None
     unroll: int = 1
     remat: bool | int = False
+    wavefront: bool = False
     deterministic: bool | None = None
 
 

@@ -127,6 +127,10 @@ class LSTM(_TorchNamedParams):
     - ``remat``: bound activation memory for long sequences by recomputing the forward pass in
       chunks during backward: ``True`` for ``~sqrt(L)``-step chunks, an int for the chunk length
       (default ``False``: save every step, fastest).
+    - ``wavefront``: run two or more unidirectional layers in one loop, layer ``l + 1`` one step
+      behind layer ``l`` (``L + T - 1`` sequential steps instead of ``L * T``; same numbers).
+      Default ``False``: on CPU the layer-by-layer schedule is faster; see
+      :func:`jaxlstm.functional.lstm`.
 
     **Call:** ``output, (h_n, c_n) = lstm(x, hx=None, *, seq_lengths=None)``
 
@@ -179,6 +183,7 @@ class LSTM(_TorchNamedParams):
         precision: Any = None,
         unroll: int = 1,
         remat: bool | int = False,
+        wavefront: bool = False,
         params: Mapping[str, Any] | None = None,
     ):
         self.config = LSTMConfig.create(
@@ -191,6 +196,7 @@ class LSTM(_TorchNamedParams):
         self.precision = precision
         self.unroll = unroll
         self.remat = remat
+        self.wavefront = wavefront
         self.deterministic = False
         # Always kept, so that dropout raised after construction has its stream.
         self.dropout_rngs = rngs["dropout"].fork()
@@ -243,7 +249,7 @@ class LSTM(_TorchNamedParams):
                 params, x, hx, config=self.config, seq_lengths=seq_lengths,
                 dropout_rng=dropout_rng, deterministic=deterministic,
                 precision=self.precision, dtype=self.dtype, unroll=self.unroll,
-                remat=self.remat,
+                remat=self.remat, wavefront=self.wavefront,
             )
 
 
@@ -350,7 +356,7 @@ def from_weights(
     - ``param_dtype``: dtype of the parameters; default the weights' own (``bfloat16`` stays).
     - ``rngs``: seeds dropout; default ``nnx.Rngs(0)`` (the weights come from ``state_dict``).
     - ``source``: how errors name the weights.
-    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``.
+    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``, ``wavefront``.
 
     The module is built from the weights directly (no random init is drawn).
     """

@@ -110,7 +110,8 @@ def from_torch(
     - ``param_dtype``: dtype of the ported parameters; default: the weights' own (``bfloat16``
       and ``float16`` stay; float64 weights need ``jax_enable_x64``).
     - ``rngs``: seeds dropout in training mode; default ``nnx.Rngs(0)``.
-    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat`` for the new module.
+    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``, ``wavefront`` for the new
+      module.
 
     The architecture (sizes, layers, directions, ``proj_size``, ``bias``, cell vs. LSTM) is
     inferred from the weights, and the module is built from them directly; a live module's
