@@ -108,14 +108,15 @@ def torch_jvp(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs
 
 @functools.cache
 def _jax_jvp(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool,
-             chunk_rows: int):
+             chunk_rows: int, wavefront: bool = False):
     """``jit(jvp)`` of jaxlstm for one config (fast-compiled, as the property suite's)."""
 
     def run(params, x, hx, seq_lengths):
         if isinstance(config, LSTMCellConfig):
             return functional.lstm_cell(params, x, hx, config=config)
         out, (h_n, c_n) = functional.lstm(params, x, hx, config=config, seq_lengths=seq_lengths,
-                                          unroll=unroll, remat=remat, chunk_rows=chunk_rows)
+                                          unroll=unroll, remat=remat, chunk_rows=chunk_rows,
+                                          wavefront=wavefront)
         return out, h_n, c_n
 
     def pushforward(primals, tangents, seq_lengths):
@@ -140,7 +141,8 @@ def jax_jvp(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs,
         x[mask], dx[mask] = np.nan, np.nan
         if case.batch is None:
             seq_lengths = seq_lengths.reshape(())
-    pushforward = _jax_jvp(config, case.unroll, case.remat or False, case.chunk_rows)
+    pushforward = _jax_jvp(config, case.unroll, case.remat or False, case.chunk_rows,
+                           case.wavefront)
     out = pushforward((params, x, inputs.hx), (tangents.params, dx, tangents.hx), seq_lengths)
     return {f"jvp {k}": np.asarray(v) for k, v in zip(_keys(case), out)}
 

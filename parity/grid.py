@@ -28,6 +28,7 @@ class Case:
     with_hx: bool = True
     packed: bool = False
     remat: int = 0  # chunk length of the rematerialised backward pass (0: off)
+    wavefront: bool = False  # stacked unidirectional layers in one loop (functional.lstm)
 
     @property
     def name(self) -> str:
@@ -45,6 +46,8 @@ class Case:
                 parts.append("packed")
             if self.remat:
                 parts.append(f"remat{self.remat}")
+            if self.wavefront:
+                parts.append("wavefront")
             parts.append(f"T{self.seq_len}")
         if not self.bias:
             parts.append("nobias")
@@ -87,6 +90,17 @@ def _lstm_cases(full: bool) -> list[Case]:
         )
     cases.append(Case(num_layers=2, bidirectional=True, proj_size=3, packed=True, seq_len=23,
                       batch=5, remat=5))
+    # Stacked unidirectional layers as one wavefront: plain, projected + packed + batch-first,
+    # without bias or initial state, unbatched.
+    cases += [
+        Case(num_layers=2, wavefront=True),
+        Case(num_layers=3, proj_size=3, packed=True, batch_first=True, seq_len=9, batch=5,
+             dropout=0.3, wavefront=True),
+        Case(num_layers=3, bias=False, with_hx=False, seq_len=1, wavefront=True),
+        Case(num_layers=2, batch=None, wavefront=True),
+    ]
+    if full:
+        cases.append(Case(num_layers=3, packed=True, seq_len=200, batch=5, wavefront=True))
     if full:
         cases.append(Case(num_layers=1, seq_len=64, remat=8))
         cases.append(Case(input_size=32, hidden_size=64, num_layers=2, bidirectional=True,

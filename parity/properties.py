@@ -77,9 +77,10 @@ class PropertyCase(Case):
     """A parity case with explicit lengths: one per sequence, or one for unbatched input.
 
     ``lengths`` is ``None`` for full-length sequences; ``packed`` is ``lengths is not None``.
-    ``unroll``, ``remat`` (a chunk length, 0 for off) and ``chunk_rows`` are passed to
-    :func:`jaxlstm.functional.lstm`; ``remat`` has its own backward pass, and a small
-    ``chunk_rows`` sends the forward pass alone through its chunked path.
+    ``unroll``, ``remat`` (a chunk length, 0 for off), ``chunk_rows`` and ``wavefront`` are
+    passed to :func:`jaxlstm.functional.lstm`; ``remat`` and ``wavefront`` have their own
+    backward passes, and a small ``chunk_rows`` sends the forward pass alone through its chunked
+    path.
     """
 
     lengths: tuple[int, ...] | None = None
@@ -104,7 +105,8 @@ def lstm_cases(draw: st.DrawFn, max_seq_len: int = 64, max_batch: int = 8,
     1–3 layers, either direction, ``proj_size`` (0 or 1..H-1), bias on/off, ``batch_first``,
     ``N`` in 1..``max_batch`` (unbatched one time in three), with/without ``(h0, c0)``, ``T`` in
     1..``max_seq_len``, sizes in 1..``max_size``, and half the time random lengths in 1..T;
-    scan ``unroll`` 1–3, and ``remat`` off or with a chunk length in 1..T+2.
+    scan ``unroll`` 1–3, ``remat`` off or with a chunk length in 1..T+2, and for stacked
+    unidirectional layers without remat, ``wavefront`` half the time.
     """
     hidden_size = draw(st.integers(1, max_size))
     proj_size = 0
@@ -118,13 +120,15 @@ def lstm_cases(draw: st.DrawFn, max_seq_len: int = 64, max_batch: int = 8,
         count = 1 if batch is None else batch
         lengths = tuple(draw(st.lists(st.integers(1, seq_len), min_size=count, max_size=count)))
     remat = draw(st.integers(1, seq_len + 2)) if draw(st.sampled_from([0, 0, 1])) else 0
+    num_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
     return PropertyCase(
         input_size=draw(st.integers(1, max_size)),
         hidden_size=hidden_size,
-        num_layers=draw(st.integers(1, 3)),
+        num_layers=num_layers,
         bias=draw(st.booleans()),
         batch_first=draw(st.booleans()),
-        bidirectional=draw(st.booleans()),
+        bidirectional=bidirectional,
         proj_size=proj_size,
         seq_len=seq_len,
         batch=batch,
@@ -133,6 +137,7 @@ def lstm_cases(draw: st.DrawFn, max_seq_len: int = 64, max_batch: int = 8,
         lengths=lengths,
         unroll=draw(st.sampled_from([1, 1, 2, 3])),
         remat=remat,
+        wavefront=num_layers > 1 and not bidirectional and not remat and draw(st.booleans()),
     )
 
 
@@ -173,7 +178,7 @@ def compiler_options() -> dict:
 
 @functools.cache
 def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool,
-             chunk_rows: int):
+             chunk_rows: int, wavefront: bool = False):
     """``jit(grad)`` of the parity loss for one config, and ``jit`` of the forward pass alone
     (a separate code path: it never saves anything for a backward pass); jit's own cache
     handles the shapes."""
@@ -185,7 +190,8 @@ def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
         else:
             out, (h_n, c_n) = functional.lstm(params, x, hx, config=config,
                                               seq_lengths=seq_lengths, unroll=unroll,
-                                              remat=remat, chunk_rows=chunk_rows)
+                                              remat=remat, chunk_rows=chunk_rows,
+                                              wavefront=wavefront)
             outputs = {"output": out, "h_n": h_n, "c_n": c_n}
         loss = sum(jnp.sum(cotangents[k] * v) for k, v in outputs.items())
         return loss, outputs
@@ -210,7 +216,8 @@ def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) 
     seq_lengths = inputs.seq_lengths
     if seq_lengths is not None and case.batch is None:
         seq_lengths = seq_lengths.reshape(())
-    grad, forward = _jax_fns(config, case.unroll, case.remat or False, case.chunk_rows)
+    grad, forward = _jax_fns(config, case.unroll, case.remat or False, case.chunk_rows,
+                             case.wavefront)
     args = (params, x, inputs.hx, seq_lengths, inputs.cotangents)
     (grad_params, grad_x, grad_hx), outputs = grad(*args)
     values = {k: np.asarray(v) for k, v in outputs.items()}

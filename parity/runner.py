@@ -111,8 +111,14 @@ def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool)
 
 def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
     """jaxlstm's outputs and gradients for one case, ported from ``module``."""
-    options = {"remat": case.remat} if case.kind == "lstm" else {}
-    return testing.run_jax(jaxlstm.from_torch(module, **options), inputs)
+    return testing.run_jax(jaxlstm.from_torch(module, **schedule(case)), inputs)
+
+
+def schedule(case: Case) -> dict:
+    """The ``from_torch`` options that say how ``case`` runs (an LSTM's remat and wavefront)."""
+    if case.kind != "lstm":
+        return {}
+    return {"remat": case.remat, "wavefront": case.wavefront}
 
 
 def compare(case: Case, dtype: str, path: str, actual: dict, expected: dict) -> Result:
@@ -132,7 +138,6 @@ def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:
     module = torch_module(case, dtype, seed)
     inputs = make_inputs(case, dtype, seed)
     with jax.enable_x64(dtype == "float64"):
-        model = jaxlstm.from_torch(module, **({"remat": case.remat} if case.kind == "lstm"
-                                              else {}))
+        model = jaxlstm.from_torch(module, **schedule(case))
     return [Result(case, c.dtype, c.torch_path, c.errors, c.truth_errors)
             for c in testing.run_both(module, model, inputs, dtype)]
