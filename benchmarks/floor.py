@@ -95,7 +95,7 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
                    for layer in layers]
         w_ih = [w.w_ih for w in weights]
         w_hh_t = [jnp.swapaxes(w.w_hh, 1, 2) for w in weights]
-        inputs = [jnp.asarray(suite._inputs(shape))] + [
+        inputs = [jnp.asarray(suite.time_major_inputs(shape))] + [
             jnp.asarray(rng.standard_normal((shape.seq_len, shape.batch, directions * hidden)),
                         jnp.float32) for _ in layers[1:]
         ]
