@@ -327,17 +327,23 @@ def keras_candidate(module: torch.nn.LSTM, shape: Shape, device) -> Candidate:
     return jax_candidate("keras LSTM", run, trainable, x)
 
 
-# torchax traces torch's LSTM step by step into one unrolled program, so its first call grows
-# with the steps it unrolls (T x layers x directions): TORCHAX_FIRST_CALL_S is seconds per
-# unrolled step of its first forward+backward call, as measured on the 2-core development
-# machine; shapes whose estimate passes TORCHAX_MAX_FIRST_CALL_S leave it out.
-TORCHAX_FIRST_CALL_S = 0.05
+# torchax traces torch's LSTM step by step into one unrolled program, so its first calls (trace
+# and XLA compile of the forward and of the gradient) grow with the steps it unrolls, n = T x
+# layers x directions, faster than n: on the 2-core development machine the two first calls took
+# 4.8 s at n=20, 10 s at n=50 and 190 s (5 GB while compiling) at n=200, about
+# TORCHAX_FIRST_CALL_S * n**2. Shapes whose estimate passes TORCHAX_MAX_FIRST_CALL_S leave it out.
+TORCHAX_FIRST_CALL_S = 0.0045
 TORCHAX_MAX_FIRST_CALL_S = 60.0
 
 
 def torchax_steps(shape: Shape) -> int:
     """The LSTM steps torchax unrolls for ``shape``."""
     return shape.seq_len * shape.num_layers * shape.directions
+
+
+def torchax_first_call_s(shape: Shape) -> float:
+    """The estimated seconds of torchax's first forward and forward+backward calls."""
+    return TORCHAX_FIRST_CALL_S * torchax_steps(shape) ** 2
 
 
 def _import_torchax():
@@ -374,7 +380,7 @@ def _import_torchax():
 def torchax_candidate(module: torch.nn.LSTM, shape: Shape, device) -> Candidate:
     """torch's own ``nn.LSTM`` run as a JAX function by torchax (``torchax.extract_jax``), with
     ``module``'s weights; left out where its unrolled first call would take too long."""
-    estimate = TORCHAX_FIRST_CALL_S * torchax_steps(shape)
+    estimate = torchax_first_call_s(shape)
     if estimate > TORCHAX_MAX_FIRST_CALL_S:
         def too_long():
             raise LeftOut(f"torchax unrolls every step: first call estimated at {estimate:.0f} s "
