@@ -13,6 +13,9 @@ This times each alone, written as lean XLA programs, on the CPU and in one proce
   chunks of steps that jaxlstm's forward pass uses.
 - XLA: recurrence + projections: the sum of the two rows above (computed, not a program).
 
+The XLA parts read time-major inputs whatever the shape's layout (torch and jaxlstm take a
+batch-first shape's ``(B, T, I)`` input, as in the suite).
+
 If the recurrence alone takes as long as torch's whole forward pass, this formulation cannot
 beat torch at that shape unless XLA runs the projections at the same time as the recurrence.
 torch with one thread shows what torch gains from its second core.
