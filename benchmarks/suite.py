@@ -129,7 +129,7 @@ def peer(name: str, build: Callable[[], Candidate]) -> Candidate:
     leaves it out with the reason."""
     try:
         candidate = build()
-    except Exception as error:  # noqa: BLE001 - any failure leaves the peer out, with why
+    except Exception as error:  # any failure (a missing package, say) leaves the peer out
         def fail(error=error):
             raise error
         candidate = Candidate(name, fail, fail)
