@@ -1,7 +1,9 @@
-"""Times jaxlstm against torch and Flax, forward and forward+backward, on each shape.
+"""Times jaxlstm against torch and the JAX peers (Flax, Equinox, Keras, torchax), forward and
+forward+backward, on each shape, every implementation with the same weights and inputs.
 
-Prints the machine and versions and a table of medians with ratios to torch measured in the
-same run; writes the results as JSON, Markdown and a PNG chart.
+Prints the machine and versions and a table of medians with ratios to torch and to the fastest
+JAX peer measured in the same run; writes the results as JSON, Markdown and a PNG chart. A peer
+whose package is missing (or that cannot run a shape) is left out with the reason printed.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
         suite.jaxlstm_candidate(module, shape, device, precision=precision),
         suite.jaxlstm_candidate(module, shape, device, name="jaxlstm random lengths",
                                 seq_lengths=suite.random_lengths(shape), precision=precision),
-        suite.flax_candidate(shape, device),
+        *peers(module, shape, device),
     ]
     if gpu:
         found.append(suite.jax_rnn_candidate(module, shape, device, precision=precision))
@@ -64,18 +66,71 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
     return found
 
 
+PEERS = {
+    "flax OptimizedLSTMCell": suite.flax_candidate,
+    "equinox LSTMCell": suite.equinox_candidate,
+    "keras LSTM": suite.keras_candidate,
+    "torchax nn.LSTM": suite.torchax_candidate,
+}
+
+
+def peers(module, shape: suite.Shape, device) -> list[suite.Candidate]:
+    """The JAX peers, each with ``module``'s weights; one that cannot be built (its package is
+    missing) is left out of the run with the reason."""
+    return [suite.peer(name, lambda build=build: build(module, shape, device))
+            for name, build in PEERS.items()]
+
+
+KINDS = ("forward", "forward_backward")
+
+
+def ratios(timings: list[suite.Timing]) -> tuple[list[dict], dict[str, str | None]]:
+    """Each timing as a row with its ratios to the first timing (torch) and to the fastest JAX
+    peer of each kind (``None`` when no peer ran), and the name of that peer per kind."""
+    anchor = timings[0]
+    ran = [t for t in timings if t.peer]
+    best = {kind: min(ran, key=lambda t: getattr(t, f"{kind}_s")) if ran else None
+            for kind in KINDS}
+    rows = []
+    for t in timings:
+        row = vars(t).copy()
+        for kind in KINDS:
+            seconds = getattr(t, f"{kind}_s")
+            row[f"{kind}_ratio"] = seconds / getattr(anchor, f"{kind}_s")
+            row[f"{kind}_peer_ratio"] = (None if best[kind] is None
+                                         else seconds / getattr(best[kind], f"{kind}_s"))
+        rows.append(row)
+    return rows, {kind: None if t is None else t.implementation for kind, t in best.items()}
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _cells(t: dict) -> list[str]:
-    """One timing's numbers, formatted: forward ms and ratio, fwd+bwd ms and ratio, first
-    call s, saved MB."""
+    """One timing's numbers, formatted: forward ms and its ratios to torch and to the best JAX
+    peer, the same for fwd+bwd, first call s, saved MB."""
     saved = t["activation_bytes"]
     return [
-        f"{t['forward_s'] * 1e3:.2f}", f"{t['forward_ratio']:.2f}",
-        f"{t['forward_backward_s'] * 1e3:.2f}", f"{t['forward_backward_ratio']:.2f}",
+        f"{t['forward_s'] * 1e3:.2f}", _ratio(t["forward_ratio"]),
+        _ratio(t["forward_peer_ratio"]),
+        f"{t['forward_backward_s'] * 1e3:.2f}", _ratio(t["forward_backward_ratio"]),
+        _ratio(t["forward_backward_peer_ratio"]),
         f"{t['compile_s']:.2f}", "-" if saved is None else f"{saved / 2**20:.1f}",
     ]
 
 
-HEADINGS = ["forward ms", "ratio", "fwd+bwd ms", "ratio", "first call s", "saved MB"]
+HEADINGS = ["forward ms", "vs torch", "vs best JAX", "fwd+bwd ms", "vs torch", "vs best JAX",
+            "first call s", "saved MB"]
+
+
+def _notes(entry: dict) -> list[str]:
+    """The best JAX peer of each kind and the candidates left out, with why."""
+    best = entry.get("best_peer") or {}
+    notes = [f"best JAX peer, {kind.replace('_', '+')}: {best[kind]}"
+             for kind in KINDS if best.get(kind)]
+    notes += [f"left out {name}: {reason}" for name, reason in entry.get("left_out", {}).items()]
+    return notes
 
 
 def table(results: list[dict]) -> str:
@@ -87,6 +142,7 @@ def table(results: list[dict]) -> str:
         for t in entry["timings"]:
             lines.append(f"  {t['implementation']:<24} "
                          + " ".join(f"{c:>12}" for c in _cells(t)))
+        lines += [f"  {note}" for note in _notes(entry)]
     return "\n".join(lines)
 
 
@@ -100,6 +156,10 @@ def markdown(results: list[dict], info: dict[str, str], command: str) -> str:
         for t in entry["timings"]:
             lines.append(f"| {entry['shape']} | {t['implementation']} | "
                          + " | ".join(_cells(t)) + " |")
+    notes = [f"- {entry['shape']}: {note}" for entry in results for note in _notes(entry)]
+    if notes:
+        lines += ["", "\"vs best JAX\": time / the fastest JAX peer's time (Flax, Equinox, Keras, "
+                  "torchax) in that shape and kind.", "", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -227,16 +287,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             bar.set_postfix_str(done, refresh=False)
             bar.update()
 
-        timings = suite.time_candidates(found, rounds, args.per_round, on_step=step)
+        left_out: dict[str, str] = {}
+        timings = suite.time_candidates(found, rounds, args.per_round, on_step=step,
+                                        left_out=left_out)
         bar.close()
-        anchor = timings[0]
-        rows = []
-        for t in timings:
-            row = vars(t).copy()
-            row["forward_ratio"] = t.forward_s / anchor.forward_s
-            row["forward_backward_ratio"] = t.forward_backward_s / anchor.forward_backward_s
-            rows.append(row)
-        report["results"].append({"shape": shape.label, "config": vars(shape), "timings": rows})
+        rows, best = ratios(timings)
+        report["results"].append({"shape": shape.label, "config": vars(shape), "timings": rows,
+                                  "best_peer": best, "left_out": left_out})
         print(table(report["results"][-1:]), flush=True)
         written = write_reports(paths, report, command)
     print(f"\nwritten {', '.join(map(str, written))}")

@@ -13,6 +13,9 @@ This times each alone, written as lean XLA programs, on the CPU and in one proce
   chunks of steps that jaxlstm's forward pass uses.
 - XLA: recurrence + projections: the sum of the two rows above (computed, not a program).
 
+The XLA parts read time-major inputs whatever the shape's layout (torch and jaxlstm take a
+batch-first shape's ``(B, T, I)`` input, as in the suite).
+
 If the recurrence alone takes as long as torch's whole forward pass, this formulation cannot
 beat torch at that shape unless XLA runs the projections at the same time as the recurrence.
 torch with one thread shows what torch gains from its second core.
@@ -95,7 +98,7 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
                    for layer in layers]
         w_ih = [w.w_ih for w in weights]
         w_hh_t = [jnp.swapaxes(w.w_hh, 1, 2) for w in weights]
-        inputs = [jnp.asarray(suite._inputs(shape))] + [
+        inputs = [jnp.asarray(suite.time_major_inputs(shape))] + [
             jnp.asarray(rng.standard_normal((shape.seq_len, shape.batch, directions * hidden)),
                         jnp.float32) for _ in layers[1:]
         ]

@@ -13,20 +13,121 @@ from benchmarks import suite
 from jaxlstm import functional
 
 
-def test_benchmark_suite_writes_its_reports(tmp_path, monkeypatch):
+def _missing_package(module, shape, device):
+    raise ImportError("No module named 'absentlstm'")
+
+
+def test_benchmark_suite_writes_its_reports(tmp_path, monkeypatch, capsys):
+    """End to end on a tiny shape, with the peers (torchax, slow to trace, aside: its own test
+    below runs it) and one whose package is missing: that one is left out, with the reason
+    printed and recorded, and the run goes on."""
     monkeypatch.setattr(suite, "CPU_SHAPES", [suite.Shape(4, 2, 3, 5, 2, True)])
+    peers = {name: build for name, build in bench.PEERS.items() if "torchax" not in name}
+    monkeypatch.setattr(bench, "PEERS", {**peers, "absent LSTM": _missing_package})
     paths = {kind: tmp_path / f"results.{kind}" for kind in ("json", "png", "md")}
     code = bench.main(["--shapes", "cpu", "--rounds", "1", "--per-round", "1",
                        "--json", str(paths["json"]), "--png", str(paths["png"]),
                        "--markdown", str(paths["md"])])
     assert code == 0
     report = json.loads(paths["json"].read_text())
-    timings = report["results"][0]["timings"]
-    assert [t["implementation"] for t in timings][:2] == ["torch", "jaxlstm"]
+    entry = report["results"][0]
+    timings = entry["timings"]
+    names = [t["implementation"] for t in timings]
+    assert names[:2] == ["torch", "jaxlstm"]
+    available = [name for name in peers if name in names]
+    assert "flax OptimizedLSTMCell" in available
+    assert [t["implementation"] for t in timings if t["peer"]] == available
     assert timings[0]["forward_ratio"] == 1.0
     assert all(t["forward_s"] > 0 and t["activation_bytes"] > 0 for t in timings)
+    best = entry["best_peer"]
+    for kind in ("forward", "forward_backward"):
+        assert best[kind] in available
+        fastest = min(t[f"{kind}_s"] for t in timings if t["peer"])
+        assert all(t[f"{kind}_peer_ratio"] == t[f"{kind}_s"] / fastest for t in timings)
+    reason = "ImportError: No module named 'absentlstm'"
+    assert entry["left_out"]["absent LSTM"] == reason
+    assert f"left out absent LSTM: {reason}" in capsys.readouterr().err
     assert paths["png"].stat().st_size > 1000
-    assert "| T4 B2 I3 H5 L2 bi | jaxlstm |" in paths["md"].read_text()
+    table = paths["md"].read_text()
+    assert "| T4 B2 I3 H5 L2 bi | jaxlstm |" in table and "vs best JAX" in table
+    assert f"- T4 B2 I3 H5 L2 bi: left out absent LSTM: {reason}" in table
+
+
+PEER_PACKAGES = {"flax OptimizedLSTMCell": "flax", "equinox LSTMCell": "equinox",
+                 "keras LSTM": "keras", "torchax nn.LSTM": "torchax"}
+
+
+@pytest.mark.parametrize("name", list(PEER_PACKAGES))
+@pytest.mark.parametrize("bidirectional, batch_first", [(False, False), (True, False),
+                                                        (False, True)],
+                         ids=["uni", "bi", "uni-batch_first"])
+def test_each_peer_runs_torchs_model(name, bidirectional, batch_first):
+    """Each JAX peer, built as the benchmark builds it from the seeded torch module, gives that
+    module's output and input gradient (2 layers, float32): the benchmark times one model."""
+    import importlib.util
+
+    import jax
+
+    if importlib.util.find_spec(PEER_PACKAGES[name]) is None:
+        pytest.skip(f"{PEER_PACKAGES[name]} is not installed")
+    shape = suite.Shape(5, 3, 4, 6, 2, bidirectional, batch_first)
+    assert set(bench.PEERS) == set(PEER_PACKAGES)
+    module = suite.torch_lstm(shape)
+    candidate = bench.PEERS[name](module, shape, jax.devices("cpu")[0])
+    assert candidate.name == name
+    x = torch.from_numpy(suite._inputs(shape)).requires_grad_(True)
+    expected = module(x)[0]
+    expected.sum().backward()
+    np.testing.assert_allclose(np.asarray(candidate.forward()), expected.detach().numpy(),
+                               atol=1e-5)
+    _, x_grad = candidate.forward_backward()
+    np.testing.assert_allclose(np.asarray(x_grad), x.grad.numpy(), atol=1e-5)
+
+
+def test_a_peer_that_cannot_be_built_is_left_out_with_the_reason():
+    timings_left_out: dict[str, str] = {}
+    absent = suite.peer("absent LSTM", lambda: _missing_package(None, None, None))
+    assert absent.optional and absent.peer
+    fine = suite.Candidate("fine", lambda: None, lambda: None)
+    timings = suite.time_candidates([fine, absent], 1, 1, left_out=timings_left_out)
+    assert [t.implementation for t in timings] == ["fine"]
+    assert timings_left_out == {"absent LSTM": "ImportError: No module named 'absentlstm'"}
+
+
+def test_torchax_is_left_out_where_its_unrolled_first_call_would_take_too_long():
+    long = suite.Shape(2000, 4, 40, 128)
+    assert suite.torchax_first_call_s(long) > suite.TORCHAX_MAX_FIRST_CALL_S
+    assert suite.torchax_first_call_s(suite.CPU_SHAPES[0]) < suite.TORCHAX_MAX_FIRST_CALL_S
+    left_out: dict[str, str] = {}
+    candidate = suite.peer("torchax nn.LSTM",
+                           lambda: suite.torchax_candidate(None, long, None))
+    assert suite.time_candidates([candidate], 1, 1, left_out=left_out) == []
+    assert left_out["torchax nn.LSTM"].startswith(
+        "torchax unrolls every step: first call estimated at ")
+
+
+def test_ratios_to_torch_and_to_the_fastest_peer_of_each_kind():
+    timings = [suite.Timing("torch", 2.0, 8.0), suite.Timing("jaxlstm", 1.0, 4.0),
+               suite.Timing("a", 4.0, 2.0, peer=True), suite.Timing("b", 0.5, 16.0, peer=True)]
+    rows, best = bench.ratios(timings)
+    assert best == {"forward": "b", "forward_backward": "a"}
+    assert [r["forward_ratio"] for r in rows] == [1.0, 0.5, 2.0, 0.25]
+    assert [r["forward_peer_ratio"] for r in rows] == [4.0, 2.0, 8.0, 1.0]
+    assert [r["forward_backward_peer_ratio"] for r in rows] == [4.0, 2.0, 1.0, 8.0]
+    rows, best = bench.ratios(timings[:2])
+    assert best == {"forward": None, "forward_backward": None}
+    assert rows[1]["forward_peer_ratio"] is None
+    assert bench._cells({**rows[1], "compile_s": 1.0})[2] == "-"
+
+
+def test_cpu_shapes_include_the_seed_model_and_a_long_sequence():
+    labels = [shape.label for shape in suite.CPU_SHAPES]
+    assert labels[2:] == ["T100 B32 I64 H128 L2 uni batch_first", "T2000 B4 I40 H128 L1 uni"]
+    shape = suite.CPU_SHAPES[2]
+    assert suite.torch_lstm(shape).batch_first
+    assert suite._inputs(shape).shape == (32, 100, 64)
+    np.testing.assert_array_equal(suite._inputs(shape),
+                                  np.swapaxes(suite.time_major_inputs(shape), 0, 1))
 
 
 TINY = ["--shapes", "cpu", "--rounds", "1", "--per-round", "1"]
@@ -121,7 +222,8 @@ def test_bench_help_names_the_command_and_every_default(capsys):
 def test_floor_writes_its_reports(tmp_path, monkeypatch):
     from benchmarks import floor
 
-    monkeypatch.setattr(suite, "CPU_SHAPES", [suite.Shape(4, 2, 3, 5, 2, True)])
+    monkeypatch.setattr(suite, "CPU_SHAPES", [suite.Shape(4, 2, 3, 5, 2, True),
+                                              suite.Shape(3, 2, 3, 4, batch_first=True)])
     threads = torch.get_num_threads()
     paths = {kind: tmp_path / f"floor.{kind}" for kind in ("json", "md")}
     code = floor.main(["--rounds", "1", "--per-round", "1", "--json", str(paths["json"]),
@@ -134,7 +236,9 @@ def test_floor_writes_its_reports(tmp_path, monkeypatch):
     assert all(row["forward_s"] > 0 for row in rows)
     assert all(row["ratio"] == row["forward_s"] / rows[0]["forward_s"] for row in rows)
     assert rows[-1]["forward_s"] == rows[-3]["forward_s"] + rows[-2]["forward_s"]
-    assert "| T4 B2 I3 H5 L2 bi | XLA: recurrence alone |" in paths["md"].read_text()
+    table = paths["md"].read_text()
+    assert "| T4 B2 I3 H5 L2 bi | XLA: recurrence alone |" in table
+    assert "| T3 B2 I3 H4 L1 uni batch_first | jaxlstm |" in table
 
 
 def test_floor_single_thread_wrapper_runs_on_one_thread():
