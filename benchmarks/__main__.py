@@ -47,6 +47,9 @@ def candidates(shape: suite.Shape, gpu: bool, memory: bool = False) -> list[suit
                                 seq_lengths=suite.random_lengths(shape), precision=precision),
         *peers(module, shape, device),
     ]
+    if shape.num_layers > 1 and not shape.bidirectional:
+        found.insert(2, suite.jaxlstm_candidate(module, shape, device, name="jaxlstm wavefront",
+                                                precision=precision, wavefront=True))
     if gpu:
         found.append(suite.jax_rnn_candidate(module, shape, device, precision=precision))
         tf32 = suite.torch_candidate(module, shape, "cuda", name="torch cuDNN TF32")

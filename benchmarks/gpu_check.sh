@@ -6,7 +6,9 @@
 #      the CPU);
 #   2. the cuDNN candidate (jax.experimental.rnn) against torch, when pytest is there;
 #   3. the GPU table: torch cuDNN with TF32 off and with its defaults, jax.experimental.rnn,
-#      Flax and jaxlstm, every JAX matmul at full float32 precision.
+#      the JAX peers and jaxlstm (and jaxlstm wavefront=True on the stacked unidirectional
+#      shape: if it beats the layer-by-layer jaxlstm there, it should become the GPU default),
+#      every JAX matmul at full float32 precision.
 # A failing step does not stop the later ones; the script exits non-zero if any failed.
 # Results go to $OUT (default benchmarks/gpu). Arguments go to the benchmark (e.g. --rounds 5);
 # its output paths are always under $OUT.

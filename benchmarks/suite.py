@@ -91,6 +91,9 @@ GPU_SHAPES = [
     Shape(100, 64, 512, 512, 2, True),
     Shape(25, 128, 1024, 1024),
     Shape(1000, 32, 256, 256),
+    # Stacked unidirectional layers with short steps: where the wavefront (L + T - 1 sequential
+    # steps instead of L * T) should pay on a GPU.
+    Shape(200, 16, 128, 128, 4),
 ]
 
 
@@ -204,11 +207,12 @@ def jaxlstm_candidate(module: torch.nn.Module, shape: Shape, device, *, name: st
     params = jax.device_put(model.params(), device)
     x = jax.device_put(_inputs(shape), device)
     lengths = None if seq_lengths is None else jax.device_put(jnp.asarray(seq_lengths), device)
-    unroll, remat = model.unroll, model.remat
+    unroll, remat, wavefront = model.unroll, model.remat, model.wavefront
 
     def run(params, x):
         out, _ = functional.lstm(params, x, config=config, seq_lengths=lengths,
-                                 precision=precision, unroll=unroll, remat=remat)
+                                 precision=precision, unroll=unroll, remat=remat,
+                                 wavefront=wavefront)
         return out
 
     return jax_candidate(name, run, params, x)
