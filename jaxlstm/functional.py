@@ -376,6 +376,30 @@ def _tangent_loop(saved: Saved, drive, drive_h, weights: LayerWeights, state: St
     return dy, state
 
 
+def _backward_step(t, c_p, keep, state, d_out, w_hh, w_hr_t, scale, precision):
+    """One step of a reverse loop over a leading axis (directions, or a wavefront's layers):
+    from the saved ``t`` and ``c_p`` of the step, the cotangents ``state = (dh, dc)`` of the
+    states leaving it and ``d_out`` of its output, returns ``(d_gates, dh_cand, dh_prev,
+    dc_prev)``: the gate gradients (what the weight GEMMs take), the cotangent of the
+    (projected) output, and those of the states entering the step. Where ``keep`` is False the
+    state cotangents pass through unchanged and the rest is zero."""
+    dh, dc = state
+    dh_cand = _masked(dh + d_out, keep)
+    dc_cand = _masked(dc, keep)
+    dr = dh_cand
+    if w_hr_t is not None:
+        dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
+    d_scaled, dc_prev = _cell_activate_vjp(t, _cell_state(t, c_p), c_p, dr, dc_cand)
+    # Select, never multiply by zero: a step past a sequence's end may hold an infinite
+    # state, and 0 * inf would turn torch's inf gradients into NaN.
+    d_gates = _masked(d_scaled * scale, keep)
+    dh_prev = jnp.einsum("dng,dgp->dnp", d_gates, w_hh, precision=precision)
+    if keep is not None:
+        dh_prev = jnp.where(keep, dh_prev, dh)
+        dc_prev = jnp.where(keep, dc_prev, dc)
+    return d_gates, dh_cand, dh_prev, dc_prev
+
+
 def _backward_loop(saved: Saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, precision,
                    offset=0):
     """Reverse loop carrying only ``(dh, dc)``: the gradient of each step's gates; the
@@ -401,19 +425,9 @@ def _backward_loop(saved: Saved, w_hh, w_hr_t, valid, d_y, d_h_last, d_c_last, p
         (dh, dc), t, g_buf, dh_buf = state
         c_p = _rows(saved.c_prev, step, steps)
         keep = _keep(valid, step, steps)
-        dh_cand = _masked(dh + _columns(d_y, offset + step, directions), keep)
-        dc_cand = _masked(dc, keep)
-        dr = dh_cand
-        if w_hr_t is not None:
-            dr = jnp.einsum("dnp,dhp->dnh", dh_cand, w_hr_t, precision=precision)
-        d_scaled, dc_prev = _cell_activate_vjp(t, _cell_state(t, c_p), c_p, dr, dc_cand)
-        # Select, never multiply by zero: a step past a sequence's end may hold an infinite
-        # state, and 0 * inf would turn torch's inf gradients into NaN.
-        d_gates = _masked(d_scaled * scale, keep)
-        dh_prev = jnp.einsum("dng,dgp->dnp", d_gates, w_hh, precision=precision)
-        if keep is not None:
-            dh_prev = jnp.where(keep, dh_prev, dh)
-            dc_prev = jnp.where(keep, dc_prev, dc)
+        d_gates, dh_cand, dh_prev, dc_prev = _backward_step(
+            t, c_p, keep, (dh, dc), _columns(d_y, offset + step, directions), w_hh, w_hr_t,
+            scale, precision)
         g_buf = _put_rows(g_buf, d_gates, step, steps)
         if dh_buf:
             dh_buf = _put_rows(dh_buf, dh_cand, step, steps)
@@ -863,17 +877,10 @@ def _wavefront_backward(residuals: StackResiduals, rate: float, d_y, d_h_last, d
         if drops is not None:
             d_below = _drop(d_below, row(drops, s), rate)
         top = row(d_y, jnp.clip(s - (layers - 1), 0, steps - 1))
-        dh_cand = _masked(dh + jnp.concatenate([d_below, top[None]]), keep_s)
-        dc_cand = _masked(dc, keep_s)
-        dr = dh_cand
-        if w_hr_t is not None:
-            dr = jnp.einsum("lnp,lhp->lnh", dh_cand, w_hr_t, precision=precision)
-        d_scaled, dc_prev = _cell_activate_vjp(t, _cell_state(t, c_p), c_p, dr, dc_cand)
-        d_gates = _masked(d_scaled * scale, keep_s)
-        dh_prev = jnp.einsum("lng,lgp->lnp", d_gates, w_hh, precision=precision)
+        d_gates, dh_cand, dh_prev, dc_prev = _backward_step(
+            t, c_p, keep_s, (dh, dc), jnp.concatenate([d_below, top[None]]), w_hh, w_hr_t,
+            scale, precision)
         d_below = jnp.einsum("lng,lgp->lnp", d_gates[1:], w_ih_up, precision=precision)
-        dh_prev = jnp.where(keep_s, dh_prev, dh)
-        dc_prev = jnp.where(keep_s, dc_prev, dc)
         g_buf = _put_skewed(g_buf, d_gates, s)
         if dh_buf is not None:
             dh_buf = _put_skewed(dh_buf, dh_cand, s)
