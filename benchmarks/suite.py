@@ -29,6 +29,7 @@ from flax import nnx
 import jaxlstm
 from jaxlstm import functional
 from jaxlstm.config import param_suffix
+from jaxlstm.formats._common import directions, torch_names
 
 
 def machine() -> dict[str, str]:
@@ -161,9 +162,8 @@ def _inputs(shape: Shape, seed: int = 0) -> np.ndarray:
 
 def cell_weights(module: torch.nn.LSTM, layer: int, direction: int) -> dict[str, np.ndarray]:
     """One (layer, direction) of ``module`` as ``nn.LSTMCell`` weights (numpy, float32)."""
-    suffix = param_suffix(layer, direction)
-    return {f"{kind}_{part}": getattr(module, f"{kind}_{part}{suffix}").detach().cpu().numpy()
-            for kind in ("weight", "bias") for part in ("ih", "hh")}
+    _, layers = directions(module.state_dict(), fmt="the benchmark's peers")
+    return layers[layer][direction]._asdict()
 
 
 def random_lengths(shape: Shape, seed: int = 0) -> np.ndarray:
@@ -305,9 +305,9 @@ def keras_candidate(module: torch.nn.LSTM, shape: Shape, device) -> Candidate:
                            "set KERAS_BACKEND=jax before keras is first imported")
     layers = []
     for index in range(shape.num_layers):
-        weights = {f"{name}_l0{'_reverse' if d else ''}": value
-                   for d in range(shape.directions)
-                   for name, value in cell_weights(module, index, d).items()}
+        weights = {name: value for d in range(shape.directions)
+                   for name, value in torch_names(cell_weights(module, index, d), layer=0,
+                                                  direction=d).items()}
         layer = keras_format.to_keras_lstm(weights, merge_biases=True, return_state=False)
         for lstm in ([layer.forward_layer, layer.backward_layer] if shape.bidirectional
                      else [layer]):

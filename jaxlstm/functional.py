@@ -687,13 +687,18 @@ def _prune(tree, like):
     return tree
 
 
+def _zeros_as_none(tangents):
+    """``tangents`` with ``None`` for every symbolic zero (what the tangent code skips)."""
+    return jax.tree.map(lambda t: None if isinstance(t, SymbolicZero) else t, tangents,
+                        is_leaf=lambda t: isinstance(t, SymbolicZero))
+
+
 def _layer_jvp(schedule: Schedule, primals, tangents):
     """Forward mode, and through JAX's transposition reverse mode: the primal runs the
     recording forward pass, and the tangent is one linear map whose transpose is the
     hand-scheduled backward pass, so that reverse mode runs exactly that."""
     inputs, valid = primals
-    tangents = jax.tree.map(lambda t: None if isinstance(t, SymbolicZero) else t, tangents[0],
-                            is_leaf=lambda t: isinstance(t, SymbolicZero))
+    tangents = _zeros_as_none(tangents[0])
     outputs, residuals = _layer_forward(inputs, valid, schedule)
 
     def cotangent(residuals, cotangents):
@@ -743,6 +748,9 @@ class StackSaved(NamedTuple):
 
 
 class StackResiduals(NamedTuple):
+    """What the stack's derivatives keep from its forward pass: the input, the weights, the
+    valid mask and dropout masks as :func:`_stack` took them, and the :class:`StackSaved`."""
+
     x: Array
     weights: tuple[LayerWeights, ...]
     valid: Array | None
@@ -762,12 +770,13 @@ def _stack_weights(weights: tuple[LayerWeights, ...]):
     return weights[0].w_ih[0], w_ih_up, w_hh, bias, w_hr_t
 
 
-def _skew(mask: Array | None, steps: int, layers: int, batch: int, first: int = 0) -> Array:
-    """A (T, ...) per-time mask (``None``: all True) for each of ``layers`` layers counted from
-    layer ``first``, skewed to (T + L - 1, layers, ...) with the rows outside each layer's T
-    steps False; ``mask`` may also hold one (T, ...) mask per layer (a leading layer axis)."""
-    total = steps + layers + first - 1
-    time = jnp.arange(total)[:, None] - jnp.arange(first, first + layers)[None, :]
+def _skew(mask: Array | None, steps: int, layers: int, batch: int) -> Array:
+    """A (T, ...) per-time mask (``None``: all True) for each of ``layers`` layers, skewed to
+    (T + layers - 1, layers, ...), layer ``l``'s time ``t`` at row ``t + l``, with the rows
+    outside each layer's T steps False; ``mask`` may also hold one (T, ...) mask per layer (a
+    leading layer axis)."""
+    total = steps + layers - 1
+    time = jnp.arange(total)[:, None] - jnp.arange(layers)[None, :]
     active = (time >= 0) & (time < steps)
     if mask is None:
         return jnp.broadcast_to(active[:, :, None], (total, layers, batch))
@@ -780,6 +789,11 @@ def _skew(mask: Array | None, steps: int, layers: int, batch: int, first: int = 
 def _drop(x: Array, keep: Array, rate: float) -> Array:
     """:func:`_dropout` with its mask given."""
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def _at(buf: Array, s: Array) -> Array:
+    """Row ``s`` of ``buf`` (along its first axis)."""
+    return jax.lax.dynamic_index_in_dim(buf, s, keepdims=False)
 
 
 def _skewed_row(buf: Array, s: Array) -> Array:
@@ -824,9 +838,9 @@ def _wavefront_loop(inputs: StackInputs, valid, keep, rate: float, schedule: Sch
 
     def body(s, carry):
         state, below, y, saved = carry
-        row0 = jax.lax.dynamic_index_in_dim(gates_x, jnp.minimum(s, steps - 1), keepdims=False)
+        row0 = _at(gates_x, jnp.minimum(s, steps - 1))
         row_up = jnp.einsum("lnp,lpg->lng", below, w_up_t, precision=precision)
-        keep_s = jax.lax.dynamic_index_in_dim(active, s, keepdims=False)[:, :, None]
+        keep_s = _at(active, s)[:, :, None]
         h_new, new_state, r, t = _step(jnp.concatenate([row0[None], row_up]), state, keep_s,
                                        w_hh_t, w_hr_t, bias, scale, precision)
         out = _masked(h_new, keep_s)
@@ -841,7 +855,7 @@ def _wavefront_loop(inputs: StackInputs, valid, keep, rate: float, schedule: Sch
                                _put_skewed(saved.inputs, below, s))
         below = out[:-1]
         if drops is not None:
-            below = _drop(below, jax.lax.dynamic_index_in_dim(drops, s, keepdims=False), rate)
+            below = _drop(below, _at(drops, s), rate)
         return new_state, below, y, saved
 
     state, _, y, saved = jax.lax.fori_loop(0, total, body, ((h0, c0), below, y, saved),
@@ -864,19 +878,16 @@ def _wavefront_backward(residuals: StackResiduals, rate: float, d_y, d_h_last, d
     drops = None if keep is None else _skew(keep, steps, layers - 1, batch)
     dh_buf = None if w_hr_t is None else jnp.zeros_like(saved.h_prev)
 
-    def row(buf, s):
-        return jax.lax.dynamic_index_in_dim(buf, s, keepdims=False)
-
     def body(i, carry):
         s = total - 1 - i
         (dh, dc), d_below, t, g_buf, dh_buf = carry
         c_p = _skewed_row(saved.c_prev, s)
-        keep_s = row(active, s)[:, :, None]
+        keep_s = _at(active, s)[:, :, None]
         # What reaches each layer's output: from the layer above (read one iteration later,
         # through dropout) and, for the top layer, from ``y``.
         if drops is not None:
-            d_below = _drop(d_below, row(drops, s), rate)
-        top = row(d_y, jnp.clip(s - (layers - 1), 0, steps - 1))
+            d_below = _drop(d_below, _at(drops, s), rate)
+        top = _at(d_y, jnp.clip(s - (layers - 1), 0, steps - 1))
         d_gates, dh_cand, dh_prev, dc_prev = _backward_step(
             t, c_p, keep_s, (dh, dc), jnp.concatenate([d_below, top[None]]), w_hh, w_hr_t,
             scale, precision)
@@ -957,8 +968,7 @@ def _stack(inputs: StackInputs, valid: Array | None, keep: Array | None, schedul
 
 def _stack_jvp(schedule: Schedule, rate: float, primals, tangents):
     inputs, valid, keep = primals
-    tangents = jax.tree.map(lambda t: None if isinstance(t, SymbolicZero) else t, tangents[0],
-                            is_leaf=lambda t: isinstance(t, SymbolicZero))
+    tangents = _zeros_as_none(tangents[0])
     y, state, saved = _wavefront_loop(inputs, valid, keep, rate, schedule, record=True)
     residuals = StackResiduals(inputs.x, inputs.weights, valid, keep, saved)
 
