@@ -1177,6 +1177,8 @@ def lstm(
     """
     check_params(params, config.param_shapes(), what="LSTM")
     h0, c0 = check_lstm_inputs(config, x, hx)
+    if not isinstance(wavefront, (bool, np.bool_)):
+        raise TypeError(f"wavefront must be True or False, got {wavefront!r}")
     batched = x.ndim == 3
     if not batched:
         x = x[:, None] if not config.batch_first else x[None]

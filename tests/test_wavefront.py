@@ -40,8 +40,8 @@ def test_dropout_in_training_draws_the_same_masks_as_layer_by_layer(proj_size):
     lengths = jnp.asarray([6, 2, 5, 1])
     kwargs = dict(deterministic=False, dropout_rng=jax.random.key(3), seq_lengths=lengths)
     eval_out = functional.lstm(params, x, config=config, wavefront=True, seq_lengths=lengths)[0]
-    outs = [functional.lstm(params, x, config=config, wavefront=w, **kwargs) for w in (0, 1)]
-    grads = [jax.grad(_loss(config, w, **kwargs), argnums=(0, 1))(params, x) for w in (0, 1)]
+    outs = [functional.lstm(params, x, config=config, wavefront=w, **kwargs) for w in (False, True)]
+    grads = [jax.grad(_loss(config, w, **kwargs), argnums=(0, 1))(params, x) for w in (False, True)]
     np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-6)
     assert float(jnp.max(jnp.abs(outs[1][0] - eval_out))) > 1e-3  # dropout acted
     for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
@@ -88,3 +88,9 @@ def test_modules_take_wavefront_and_match_torch():
     variables = {"params": {k: jnp.asarray(v.detach().numpy())
                             for k, v in module.state_dict().items()}}
     np.testing.assert_allclose(lin.apply(variables, x)[0], expected, atol=1e-5)
+
+
+def test_wavefront_must_be_a_bool():
+    _, params, config, x = _problem(num_layers=2)
+    with pytest.raises(TypeError, match="wavefront must be True or False, got 'yes'"):
+        functional.lstm(params, x, config=config, wavefront="yes")
