@@ -787,8 +787,13 @@ def _skew(mask: Array | None, steps: int, layers: int, batch: int) -> Array:
 
 
 def _drop(x: Array, keep: Array, rate: float) -> Array:
-    """:func:`_dropout` with its mask given."""
-    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+    """:func:`_dropout` with its mask given.
+
+    A multiplication by a constant scale, never a division by ``1 - rate``: at ``rate = 1``
+    the scale is 0, so values and gradients are zeros as in torch (``x / 0`` in the untaken
+    branch of a ``where`` would make the gradient ``0 * inf = nan``)."""
+    scale = 0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)
+    return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
 def _at(buf: Array, s: Array) -> Array:
@@ -1144,7 +1149,10 @@ def lstm(
       leaves that sequence's state at ``hx`` and its output at padding); the modules'
       ``check_lengths=True`` checks them when the computation runs.
     - ``dropout_rng``: PRNG key for dropout between layers; needed only when
-      ``deterministic=False`` and ``config.dropout > 0``.
+      ``deterministic=False`` and ``config.dropout > 0``. Layer ``k``'s output (time-major,
+      ``(L, N, D*H_out)``) is kept where ``jax.random.bernoulli(jax.random.fold_in(dropout_rng,
+      k), 1 - dropout, shape)`` and scaled by ``1 / (1 - dropout)`` there (zeros at
+      ``dropout = 1``, gradients included), whatever the schedule.
     - ``deterministic``: ``True`` disables dropout (torch's ``eval()`` mode).
     - ``precision``: ``jax.lax.Precision`` for every matmul; ``None`` uses JAX's default (on
       GPU/TPU that may be TF32/bf16 for float32 inputs, pass ``"highest"`` for full float32).

@@ -110,6 +110,9 @@ class LSTM(_TorchNamedParams):
       only (default 0). Each call draws a new mask from the ``dropout`` stream, whose counter is
       module state: ``nnx.jit`` carries it across calls; under ``jax.jit`` over ``nnx.split``,
       return ``nnx.state(model)`` and pass it to the next call, or every call repeats one mask.
+      Only a module whose dropout acts (``dropout > 0``, ``num_layers > 1``) holds that stream;
+      otherwise ``nnx.state(model)`` is the weights alone. With dropout, differentiate the
+      weights only: ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``.
     - ``bidirectional``: add a reverse direction, ``D = 2`` (default ``False``).
     - ``proj_size``: if ``> 0``, project ``h`` to this size with ``weight_hr`` (default 0).
     - ``rngs``: ``nnx.Rngs`` with a ``params`` stream for init and a ``dropout`` stream for
@@ -198,8 +201,9 @@ class LSTM(_TorchNamedParams):
         self.remat = remat
         self.wavefront = wavefront
         self.deterministic = False
-        # Always kept, so that dropout raised after construction has its stream.
-        self.dropout_rngs = rngs["dropout"].fork()
+        # Only a module whose dropout can act holds RNG state: without it, nnx.state(model) is
+        # the weights alone, so jax.grad over nnx.split(model)'s state works.
+        self.dropout_rngs = nnx.data(rngs["dropout"].fork() if self._dropout_acts() else None)
 
     num_layers = _constructor_argument("num_layers")
     batch_first = _constructor_argument("batch_first")
@@ -215,6 +219,15 @@ class LSTM(_TorchNamedParams):
     def dropout(self, value: float) -> None:
         check_dropout(value)
         self.config = dataclasses.replace(self.config, dropout=float(value))
+        if self._dropout_acts() and self.dropout_rngs is None:
+            # Built without dropout, so no stream was kept: a fresh seed, as torch's unseeded
+            # global generator would give. Assign dropout_rngs for reproducible masks.
+            self.dropout_rngs = nnx.data(nnx.Rngs(dropout=secrets.randbits(31))["dropout"])
+
+    def _dropout_acts(self) -> bool:
+        """Dropout acts between layers: ``dropout > 0`` and more than one layer (as in torch,
+        a 1-layer LSTM has no layer output to drop)."""
+        return self.config.dropout > 0 and self.config.num_layers > 1
 
     @property
     def all_weights(self) -> list[list[nnx.Param]]:
@@ -242,7 +255,7 @@ class LSTM(_TorchNamedParams):
             check_lengths_at_run_time(seq_lengths, x, batch_first=self.config.batch_first)
         deterministic = self.deterministic if deterministic is None else deterministic
         dropout_rng = None
-        if not deterministic and self.config.dropout > 0 and self.config.num_layers > 1:
+        if not deterministic and self._dropout_acts():
             dropout_rng = self.dropout_rngs()
         with jax.named_scope(type(self).__name__):
             return functional.lstm(
