@@ -154,6 +154,16 @@ def infer_config(state_dict: Mapping[str, Any]) -> LSTMConfig | LSTMCellConfig:
             f"nn.LSTMCell keys such as 'weight_ih'{hint}"
         )
     layers = {int(m.group(2)) for m in matches.values() if m}
+    if layers != set(range(len(layers))):
+        # A layer index past the contiguous run 0..L-1: name the first key that breaks it.
+        present = next(n for n in range(len(layers) + 1) if n not in layers)
+        breaking = sorted((int(m.group(2)), k) for k, m in matches.items()
+                          if m and int(m.group(2)) > present)[0][1]
+        raise ValueError(
+            f"LSTM layers must be numbered 0..L-1 without gaps, but {breaking!r} comes after "
+            f"layer {present - 1} with no layer {present} (an nn.LSTM's keys are "
+            "weight_ih_l0, weight_ih_l1, ...); remove the stray key or pass the right prefix"
+        )
     gates, input_size = _matrix(shape, "weight_ih_l0")
     hidden_size = _hidden(gates, "weight_ih_l0")
     proj_size = _matrix(shape, "weight_hr_l0")[0] if "weight_hr_l0" in keys else 0

@@ -222,17 +222,24 @@ def from_checkpoint(
 
         >>> model = jaxlstm.from_checkpoint("model.pt", "encoder.rnn.", batch_first=True)
     """
-    if isinstance(source, (str, os.PathLike)):
-        from jaxlstm.files import read_checkpoint
-
-        checkpoint = read_checkpoint(source)
-        state_dict: Mapping[str, Any] = checkpoint.state_dict
-        where, container = f"file {os.fspath(source)!r}", checkpoint.wrapper
-    elif isinstance(source, Mapping):
-        state_dict, where, container = source, "the state dict", None
-    else:
+    if isinstance(source, Mapping):
+        found = select_lstm(source, prefix, source="the state dict")
+        return from_weights(found.weights, param_dtype=param_dtype, source="the state dict",
+                            **config)
+    if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"from_checkpoint expects a file path or a state dict, got {type(source).__name__}"
         )
-    found = select_lstm(state_dict, prefix, source=where, container=container)
-    return from_weights(found.weights, param_dtype=param_dtype, source=where, **config)
+    from jaxlstm.files import CheckpointError, read_checkpoint
+
+    checkpoint = read_checkpoint(source)
+    where = f"file {os.fspath(source)!r}"
+    try:
+        found = select_lstm(checkpoint.state_dict, prefix, source=where,
+                            container=checkpoint.wrapper)
+        weights = found.weights
+    except CheckpointError:
+        raise
+    except ValueError as error:  # the file holds no usable LSTM: a failure to read it as one
+        raise CheckpointError(str(error)) from error
+    return from_weights(weights, param_dtype=param_dtype, source=where, **config)

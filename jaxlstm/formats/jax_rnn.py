@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,12 +117,45 @@ def write_npz(state_dict: Mapping[str, Any], path: str | os.PathLike[str]) -> No
         np.savez(handle, weights=weights, **{k: np.asarray(v) for k, v in sizes.items()})
 
 
+def param_count(input_size: int, hidden_size: int, num_layers: int, bidirectional: bool
+                ) -> int:
+    """How many values the flat vector holds for these sizes (closed form, no loop)."""
+    directions = 2 if bidirectional else 1
+    per_gate_row = hidden_size + 2  # W_hh row, b_ih and b_hh
+    first = directions * 4 * hidden_size * (input_size + per_gate_row)
+    later = directions * 4 * hidden_size * (directions * hidden_size + per_gate_row)
+    return first + (num_layers - 1) * later
+
+
+def from_npz_arrays(arrays: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """torch ``nn.LSTM`` weights from the entries of a :func:`write_npz` file.
+
+    Each size must be a positive integer (``bidirectional`` a bool), and together they must
+    account for exactly the values in ``weights``, before anything is unpacked.
+    """
+    missing = [k for k in ("weights", *SIZE_KEYS) if k not in arrays]
+    if missing:
+        raise ValueError(f"{source} is not a jax.experimental.rnn .npz written by jaxlstm: "
+                         f"missing {', '.join(map(repr, missing))}")
+    sizes = {}
+    for key in SIZE_KEYS:
+        value = np.asarray(arrays[key])
+        kind = "b" if key == "bidirectional" else "iu"
+        if value.shape != () or value.dtype.kind not in kind or (kind == "iu" and value < 1):
+            wanted = "a bool" if key == "bidirectional" else "a positive integer"
+            raise ValueError(f"{source}: {key!r} must be {wanted}, got {value.dtype} "
+                             f"{value.tolist() if value.size < 8 else value.shape}")
+        sizes[key] = bool(value) if key == "bidirectional" else int(value)
+    weights = np.asarray(arrays["weights"])
+    expected = param_count(**sizes)
+    if weights.ndim != 1 or weights.size != expected:
+        raise ValueError(f"{source}: 'weights' holds {weights.size} values of shape "
+                         f"{weights.shape}, but {sizes} need a vector of {expected}")
+    return from_jax_rnn(weights, **sizes)
+
+
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """torch ``nn.LSTM`` weights from a file written by :func:`write_npz`."""
-    with np.load(path) as data:
-        missing = [k for k in ("weights", *SIZE_KEYS) if k not in data]
-        if missing:
-            raise ValueError(f"{os.fspath(path)!r} is not a jax.experimental.rnn .npz written by "
-                             f"jaxlstm: missing {', '.join(map(repr, missing))}")
-        return from_jax_rnn(data["weights"], int(data["input_size"]), int(data["hidden_size"]),
-                            int(data["num_layers"]), bool(data["bidirectional"]))
+    from jaxlstm.readers.npz import read_npz as read_arrays
+
+    return from_npz_arrays(read_arrays(Path(path)), repr(os.fspath(path)))

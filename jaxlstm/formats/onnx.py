@@ -78,14 +78,14 @@ def _check_node(node: Any, attributes: Mapping[str, Any], inputs: list[str]) -> 
                          "torch's LSTM is forward or bidirectional")
 
 
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node outputs of ``graph``, by name."""
-    from onnx import numpy_helper
+def _constants(graph: Any, path: Path) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs of ``graph``, by name (byte counts checked)."""
+    from jaxlstm.readers.onnx import to_array
 
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    values = {i.name: to_array(i, path) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            values[node.output[0]] = to_array(node.attribute[0].t, path)
     return values
 
 
@@ -118,9 +118,11 @@ def read_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     read: the graph is never run. The ``layout`` attribute (1: batch-major input) concerns the
     input, not the weights; port such a model with ``batch_first=True``.
     """
-    onnx = _onnx()
-    graph = onnx.load(os.fspath(path)).graph
-    constants = _constants(graph)
+    from jaxlstm.readers.onnx import load_model
+
+    path = Path(path)
+    graph = load_model(path).graph
+    constants = _constants(graph, path)
     nodes = [node for node in graph.node if node.op_type == "LSTM"]
     lstm_outputs = {out: index for index, node in enumerate(nodes) for out in node.output[:1]}
     chain_of: dict[int, int] = {}
@@ -154,6 +156,7 @@ def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int) ->
                          "as initializers or constants; cannot read them")
     weight, recurrent = constants[inputs[1]], constants[inputs[2]]
     bias = constants.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
+    _check_shapes(where, attributes, weight, recurrent, bias)
     state = {}
     for direction in range(weight.shape[0]):
         suffix = param_suffix(layer, direction)
@@ -164,6 +167,24 @@ def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int) ->
             state["bias_ih" + suffix] = _reorder(wb, _TORCH_FROM_ONNX)
             state["bias_hh" + suffix] = _reorder(rb, _TORCH_FROM_ONNX)
     return state
+
+
+def _check_shapes(where: str, attributes: Mapping[str, Any], weight: np.ndarray,
+                  recurrent: np.ndarray, bias: np.ndarray | None) -> None:
+    """``W (D, 4H, I)``, ``R (D, 4H, H)``, ``B (D, 8H)`` with ``D`` from ``direction`` and ``H``
+    from ``hidden_size`` (when given): the node's weights must agree with each other."""
+    count = 2 if attributes.get("direction", "forward") == "bidirectional" else 1
+    hidden = attributes.get("hidden_size", recurrent.shape[-1] if recurrent.ndim == 3 else 0)
+    expected = {"W": (count, 4 * hidden, weight.shape[-1] if weight.ndim == 3 else -1),
+                "R": (count, 4 * hidden, hidden), "B": (count, 8 * hidden)}
+    found = {"W": weight.shape, "R": recurrent.shape}
+    if bias is not None:
+        found["B"] = bias.shape
+    wrong = [f"{key} {shape} (expected {expected[key]})" for key, shape in found.items()
+             if tuple(shape) != expected[key]]
+    if wrong or not hidden:
+        raise ValueError(f"{where} (direction={attributes.get('direction', 'forward')!r}, "
+                         f"hidden_size={hidden}) has inconsistent weights: {'; '.join(wrong)}")
 
 
 def to_onnx(
