@@ -164,7 +164,8 @@ def _inspect(args: argparse.Namespace) -> int:
             ("yes" if config.bias else "no") if known else "?", dtype, f"{item.param_count:,}",
         ])
         if item.problem:
-            problems.append(f"! {item.prefix or '(root)'}: {item.problem}")
+            problems.append(f"{args.file!r}: the LSTM at {item.prefix or '(root)'} cannot be "
+                            f"ported: {item.problem}")
     where = f" (state dict under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
     print(f"{args.file} [{checkpoint.format}]{where}: {len(state)} tensors")
     unwrapped = list(unwrap_state_dict(state))
@@ -179,7 +180,8 @@ def _inspect(args: argparse.Namespace) -> int:
           + (f"; {others} other tensors are not LSTM weights{_groups(state, found)}"
              if others else ""))
     if problems:
-        print("\n".join(problems), file=sys.stderr)
+        for problem in problems:
+            _error("inspect", problem)
         return 1
     return 0
 

@@ -81,7 +81,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     except CheckpointError:
         raise
     except (ValueError, OSError) as error:  # a format's own check, or the file system's
-        raise CheckpointError(f"{name(path)}: {error}") from error
+        message = str(error)
+        named = os.fspath(path) in message
+        raise CheckpointError(message if named else f"{name(path)}: {message}") from error
     except RecursionError as error:
         raise CheckpointError(f"{name(path)} nests too deeply to be a checkpoint") from error
 

@@ -140,9 +140,10 @@ def from_npz_arrays(arrays: Mapping[str, np.ndarray], source: str) -> dict[str, 
     sizes = {}
     for key in SIZE_KEYS:
         value = np.asarray(arrays[key])
-        kind = "b" if key == "bidirectional" else "iu"
-        if value.shape != () or value.dtype.kind not in kind or (kind == "iu" and value < 1):
-            wanted = "a bool" if key == "bidirectional" else "a positive integer"
+        flag = key == "bidirectional"
+        if value.shape != () or value.dtype.kind not in "biu" or (
+                value not in (0, 1) if flag else value < 1):
+            wanted = "a bool" if flag else "a positive integer"
             raise ValueError(f"{source}: {key!r} must be {wanted}, got {value.dtype} "
                              f"{value.tolist() if value.size < 8 else value.shape}")
         sizes[key] = bool(value) if key == "bidirectional" else int(value)

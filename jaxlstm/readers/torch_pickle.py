@@ -28,8 +28,16 @@ _TORCH_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins
                   "builtins.slice", "builtins.complex", "builtins.bytearray")
 
 
+# torch's boilerplate around a weights-only refusal, which advises loading the file unsafely.
+_BOILERPLATE = ("weights only load failed", "weights_only", "trusted source", "file an issue",
+                "check the documentation")
+
+
 def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    """The error as a short phrase: its type and first line that is not torch's advice."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    text = next((line for line in lines
+                 if line and not any(b in line.lower() for b in _BOILERPLATE)), "")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -104,11 +112,15 @@ def read_torch(path: Path) -> Any:
         ) from error
 
     def checked(value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and _is_expanded(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        if _is_expanded(value):
             raise CheckpointError(
                 f"{name(path)}: a tensor of shape {tuple(value.shape)} is a view of "
                 f"{value.untyped_storage().nbytes()} stored bytes (zero strides); a state dict "
                 "stores each weight's own elements, so the file is crafted or corrupt")
-        return value
+        # Copied out of the memory map, so rewriting the file later cannot change (or fault)
+        # the arrays read from it.
+        return value.detach().clone()
 
     return bounded_walk(obj, path, checked)
