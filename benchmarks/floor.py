@@ -35,6 +35,8 @@ import torch
 import jaxlstm
 from benchmarks import suite
 from jaxlstm import functional
+from jaxlstm.functional import api, chunks
+from jaxlstm.functional.recurrence import project
 
 RECURRENCE = "XLA: recurrence alone"
 PROJECTIONS = "XLA: projections alone"
@@ -80,9 +82,9 @@ def projections(inputs, w_ih):
     jaxlstm's forward pass makes them."""
     out = []
     for x, w in zip(inputs, w_ih):
-        chunk = functional._inference_chunk(*x.shape[:2], functional.DEFAULT_CHUNK_ROWS)
+        chunk = chunks.inference_chunk(*x.shape[:2], functional.DEFAULT_CHUNK_ROWS)
         for start in range(0, x.shape[0], chunk):
-            out.append(functional._project(x[start:start + chunk], w, None))
+            out.append(project(x[start:start + chunk], w, None))
     return out
 
 
@@ -94,7 +96,7 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
     layers = range(config.num_layers)
     rng = np.random.default_rng(0)
     with jax.default_device(jax.devices("cpu")[0]):
-        weights = [functional._layer_weights(params, config, layer, jnp.float32)
+        weights = [api.layer_weights(params, config, layer, jnp.float32)
                    for layer in layers]
         w_ih = [w.w_ih for w in weights]
         w_hh_t = [jnp.swapaxes(w.w_hh, 1, 2) for w in weights]
@@ -102,7 +104,7 @@ def floor_candidates(module: torch.nn.Module, shape: suite.Shape) -> list[suite.
             jnp.asarray(rng.standard_normal((shape.seq_len, shape.batch, directions * hidden)),
                         jnp.float32) for _ in layers[1:]
         ]
-        gates = [jnp.stack(functional._project(x, w, None)) for x, w in zip(inputs, w_ih)]
+        gates = [jnp.stack(project(x, w, None)) for x, w in zip(inputs, w_ih)]
         state = jnp.zeros((directions, shape.batch, hidden), jnp.float32)
     return [
         suite.Candidate(RECURRENCE,

@@ -12,6 +12,7 @@ import jaxlstm
 from benchmarks import __main__ as bench
 from benchmarks import suite
 from jaxlstm import functional
+from jaxlstm.functional.recurrence import project
 
 
 def _missing_package(module, shape, device):
@@ -275,7 +276,7 @@ def test_floor_recurrence_is_the_lstm_recurrence():
     layer = {f"weight_{k}_l0": params[f"weight_{k}_l1"] for k in ("ih", "hh")}
     first = functional.lstm({k: v for k, v in params.items() if k.endswith("l0")}, x,
                             config=jaxlstm.LSTMConfig(3, 5, bias=False))[0]
-    gates = [jnp.stack(functional._project(inp, (params[f"weight_ih_l{i}"],), None))
+    gates = [jnp.stack(project(inp, (params[f"weight_ih_l{i}"],), None))
              for i, inp in enumerate([x, first])]
     w_hh_t = [params[f"weight_hh_l{i}"].T[None] for i in range(2)]
     zeros = jnp.zeros((1, 2, 5), jnp.float32)

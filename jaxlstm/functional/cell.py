@@ -1,0 +1,114 @@
+"""The LSTM cell's math, once: the gate equations and their one hand-written derivative.
+
+``cell_activate`` is the only place the gate equations live; ``cell_activate_vjp`` is their
+only derivative (``cell_activate_jvp`` is its transpose). Every loop of the package calls these.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm._linear import linear_map
+from jaxlstm.functional.carriers import Array, State
+
+# sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so one tanh over all 4H pre-activations computes every
+# gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact; the
+# sequence path applies it inside each step, fused with the step's other elementwise work, so
+# that the weights are used as they are (no scaled copies to make, or to differentiate through).
+_GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
+
+
+def gate_scale(hidden_size: int, dtype: Any) -> Array:
+    """Per-row factors (4H,) that turn torch's gate pre-activations into :func:`cell_activate`'s."""
+    return jnp.repeat(jnp.asarray(_GATE_SCALE, dtype), hidden_size)
+
+
+def _sigmoid_from_tanh(t: Array) -> Array:
+    """``sigmoid(x)`` from ``t = tanh(x / 2)``."""
+    return 0.5 * t + 0.5
+
+
+def cell_activate(scaled_gates: Array, c: Array) -> tuple[Array, Array, Array]:
+    """The LSTM state update from scaled pre-activations (..., 4H) and cell state ``c`` (..., H).
+
+    This is the only place the gate equations live. ``scaled_gates`` are torch's
+    ``x W_ih^T + b_ih + h W_hh^T + b_hh`` times :func:`gate_scale`. Returns ``(h, c', t)`` with
+    ``h`` before any projection and ``t = tanh(scaled_gates)`` (what the derivatives need).
+    """
+    t = jnp.tanh(scaled_gates)
+    c_new = cell_state(t, c)
+    t_o = jnp.split(t, 4, axis=-1)[3]
+    return _sigmoid_from_tanh(t_o) * jnp.tanh(c_new), c_new, t
+
+
+def cell_state(t: Array, c: Array) -> Array:
+    """``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)`` from ``t = tanh(scaled_gates)``; the
+    derivative loops recompute it from the saved ``t`` rather than saving ``c'``."""
+    t_i, t_f, g, _ = jnp.split(t, 4, axis=-1)
+    return _sigmoid_from_tanh(t_f) * c + _sigmoid_from_tanh(t_i) * g
+
+
+def cell_activate_vjp(
+    t: Array, c_new: Array, c: Array, dh: Array, dc_new: Array
+) -> tuple[Array, Array]:
+    """Reverse of :func:`cell_activate`: cotangents of ``(scaled_gates, c)`` from those of
+    ``(h, c')``, using the saved ``t = tanh(scaled_gates)``. The one hand-written derivative of
+    the gate equations: :func:`cell_activate_jvp` is its transpose."""
+    t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
+    tanh_c = jnp.tanh(c_new)
+    dc_total = dc_new + dh * _sigmoid_from_tanh(t_o) * (1.0 - tanh_c * tanh_c)
+    # d gate = upstream * partner * tanh'(scaled) * scale, written over all 4H columns at once
+    # so that the step compiles to one fused loop rather than four pieces and a concatenation.
+    upstream = jnp.concatenate([dc_total, dc_total, dc_total, dh], axis=-1)
+    partner = jnp.concatenate([g, c, _sigmoid_from_tanh(t_i), tanh_c], axis=-1)
+    scale = gate_scale(c.shape[-1], t.dtype)
+    d_scaled = upstream * partner * (1.0 - t * t) * scale
+    return d_scaled, dc_total * _sigmoid_from_tanh(t_f)
+
+
+def cell_activate_jvp(
+    t: Array, c_new: Array, c: Array, d_scaled: Array, dc: Array
+) -> tuple[Array, Array]:
+    """Forward derivative of :func:`cell_activate`: tangents of ``(h, c')`` from those of
+    ``(scaled_gates, c)``, as the transpose of :func:`cell_activate_vjp` (it is linear in its
+    cotangents), so that the derivative of the gate equations is written once."""
+    state = jax.ShapeDtypeStruct(c.shape, c.dtype)
+    vjp = partial(cell_activate_vjp, t, c_new, c)
+    return jax.linear_transpose(vjp, state, state)((d_scaled, dc))
+
+
+@jax.custom_jvp
+def cell_update(gates: Array, c: Array) -> State:
+    """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
+
+    Returns ``(h, c')``: ``c' = sigmoid(f) * c + sigmoid(i) * tanh(g)``,
+    ``h = sigmoid(o) * tanh(c')``. Differentiated (both modes) by the same code as the
+    sequence path.
+    """
+    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    return h, c_new
+
+
+def _cell_update_tangent(residuals, tangents):
+    t, c_new, c = residuals
+    d_gates, dc = tangents
+    return cell_activate_jvp(t, c_new, c, d_gates * gate_scale(c.shape[-1], t.dtype), dc)
+
+
+def _cell_update_cotangent(residuals, cotangents):
+    t, c_new, c = residuals
+    d_scaled, d_c = cell_activate_vjp(t, c_new, c, *cotangents)
+    return d_scaled * gate_scale(c.shape[-1], t.dtype), d_c
+
+
+@cell_update.defjvp
+def _cell_update_jvp(primals, tangents):
+    gates, c = primals
+    h, c_new, t = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
+    out = (h, c_new)
+    return out, linear_map(_cell_update_tangent, _cell_update_cotangent, (t, c_new, c),
+                           tangents, out)
