@@ -21,6 +21,7 @@ from jaxlstm.config import (
     check_lengths_at_run_time,
     check_params,
 )
+from jaxlstm.functional import schedules
 
 Array = jax.Array
 
@@ -133,7 +134,7 @@ class LSTM(_TorchNamedParams):
     - ``wavefront``: run two or more unidirectional layers in one loop, layer ``l + 1`` one step
       behind layer ``l`` (``L + T - 1`` sequential steps instead of ``L * T``; same numbers).
       Default ``False``: on CPU the layer-by-layer schedule is faster; see
-      :func:`jaxlstm.functional.lstm`.
+      :func:`jaxlstm.functional.lstm`. A bidirectional LSTM, or ``remat`` with it, raises.
 
     **Call:** ``output, (h_n, c_n) = lstm(x, hx=None, *, seq_lengths=None)``
 
@@ -197,6 +198,9 @@ class LSTM(_TorchNamedParams):
         self._init_params(rngs, param_dtype, params)
         self.dtype = dtype
         self.precision = precision
+        # Checked now, so that a schedule that cannot apply fails where the module is built.
+        schedules.resolve(schedules.from_arguments(unroll, remat, wavefront=wavefront),
+                          self.config, 1, precision)
         self.unroll = unroll
         self.remat = remat
         self.wavefront = wavefront

@@ -35,6 +35,7 @@ The modules, one job each (internal; their names may change):
 - ``chunks``: chunked projection and remat.
 - ``layer``: one layer as a ``jax.custom_jvp``.
 - ``wavefront``: stacked layers in one loop.
+- ``schedules``: :class:`Layered`, :class:`Remat`, :class:`Wavefront`, validated once.
 - ``dropout``: masks between layers.
 - ``api``: :func:`lstm`, :func:`lstm_cell`, :func:`init_params`.
 """
@@ -42,6 +43,7 @@ The modules, one job each (internal; their names may change):
 from jaxlstm.functional.api import compute_dtype, init_params, lstm, lstm_cell
 from jaxlstm.functional.cell import cell_activate, cell_update, gate_scale
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
+from jaxlstm.functional.schedules import Layered, Remat, Wavefront
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "cell_activate", "cell_update", "compute_dtype", "gate_scale",
-           "init_params", "lstm", "lstm_cell"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "Layered", "Remat", "Wavefront", "cell_activate", "cell_update",
+           "compute_dtype", "gate_scale", "init_params", "lstm", "lstm_cell"]

@@ -30,9 +30,10 @@ from jaxlstm.functional.carriers import (
     State,
 )
 from jaxlstm.functional.cell import cell_update
-from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS, remat_chunk
+from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.dropout import apply_dropout, dropout_keep
 from jaxlstm.functional.layer import run_layer
+from jaxlstm.functional.schedules import Layered, Strategy, from_arguments, resolve
 from jaxlstm.functional.wavefront import run_stack
 
 
@@ -85,7 +86,7 @@ def _lstm_time_major(
         layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
     h0 = h0.astype(dtype).reshape(config.num_layers, directions, *h0.shape[1:])
     c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
-    if _runs_as_wavefront(config, schedule):
+    if schedule.wavefront:
         return _wavefront_time_major(params, layer_input, h0[:, 0], c0[:, 0], valid, dropout_rng,
                                      config=config, deterministic=deterministic, dtype=dtype,
                                      padding_value=padding_value, schedule=schedule)
@@ -110,13 +111,6 @@ def _padded(output: Array, valid: Array | None, padding_value: float) -> Array:
     if valid is None or padding_value == 0:
         return output
     return jnp.where(valid[:, :, None], output, jnp.asarray(padding_value, output.dtype))
-
-
-def _runs_as_wavefront(config: LSTMConfig, schedule: Schedule) -> bool:
-    """Whether :func:`lstm` runs ``config`` as one wavefront (:func:`run_stack`): asked for, two or
-    more unidirectional layers, and no remat (which runs the layers one after another)."""
-    return (schedule.wavefront and config.num_layers > 1 and not config.bidirectional
-            and not schedule.remat)
 
 
 def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, deterministic,
@@ -160,6 +154,7 @@ def lstm(
     remat: bool | int = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     wavefront: bool = False,
+    schedule: Strategy | None = None,
 ) -> tuple[Array, State]:
     """Multi-layer (bi)directional LSTM over a whole sequence, as ``torch.nn.LSTM.forward``.
 
@@ -183,23 +178,16 @@ def lstm(
     - ``precision``: ``jax.lax.Precision`` for every matmul; ``None`` uses JAX's default (on
       GPU/TPU that may be TF32/bf16 for float32 inputs, pass ``"highest"`` for full float32).
     - ``dtype``: compute dtype; default is the promotion of ``x`` and the parameters.
-    - ``unroll``: unroll factor of the forward recurrence loop (the backward loop is not
-      unrolled: it overwrites its buffers in place, which unrolling would make XLA copy).
     - ``padding_value``: value of ``output`` past each sequence's length.
-    - ``remat``: bound activation memory for long sequences: the backward pass keeps only the
-      states at chunk boundaries and recomputes each chunk's forward. ``True`` picks chunks of
-      ``~sqrt(L)`` steps, an int sets the chunk length; ``False`` (default) saves every step.
-    - ``chunk_rows``: the forward pass alone (no derivative) projects the input about this many
-      rows (steps x batch) at a time: enough for the GEMM to run at full speed, few enough
-      that the projections of a long sequence do not all exist at once (fresh memory costs
-      page faults on every call).
-    - ``wavefront``: run two or more unidirectional layers as one wavefront: layer ``l`` at
-      step ``t`` in the same loop iteration as layer ``l + 1`` at step ``t - 1``, one batched
-      matmul over the layers per iteration, ``L + T - 1`` sequential steps instead of ``L * T``
-      (forward and backward; the same numbers). Layers above the first then project their
-      input inside the loop instead of in one GEMM: on CPU that is slower (see
-      ``benchmarks/README.md``); it is meant for accelerators, where each step is short. Ignored
-      for one layer, bidirectional LSTMs and with ``remat``.
+    - ``schedule``: how the layers run (never what they compute), a validated strategy from
+      :mod:`jaxlstm.functional.schedules`: ``Layered(unroll=1, chunk_rows=1024)`` (the
+      default), ``Remat(chunk=None, unroll=1)`` or ``Wavefront(unroll=1)``. A schedule that
+      cannot apply is an error (a bidirectional wavefront); a one-layer wavefront runs its one
+      layer.
+    - ``unroll``, ``remat``, ``chunk_rows``, ``wavefront``: shorthand for ``schedule``, as the
+      modules take it: ``remat=True`` (chunks of ``~sqrt(L)`` steps) or ``remat=k`` is
+      ``Remat(k, unroll)``, ``wavefront=True`` is ``Wavefront(unroll)``, otherwise
+      ``Layered(unroll, chunk_rows)``. Give either ``schedule`` or these.
 
     Every JAX transformation applies: ``jit``, ``vmap``, reverse mode (``grad``, ``vjp``,
     ``jacrev``) through a hand-scheduled backward pass, forward mode (``jvp``, ``jacfwd``,
@@ -211,8 +199,10 @@ def lstm(
     """
     check_params(params, config.param_shapes(), what="LSTM")
     h0, c0 = check_lstm_inputs(config, x, hx)
-    if not isinstance(wavefront, (bool, np.bool_)):
-        raise TypeError(f"wavefront must be True or False, got {wavefront!r}")
+    shorthand = from_arguments(unroll, remat, chunk_rows, wavefront)
+    if schedule is not None and shorthand != Layered():
+        raise ValueError(f"give either schedule={schedule!r} or the shorthand arguments "
+                         "(unroll, remat, chunk_rows, wavefront), not both")
     batched = x.ndim == 3
     if not batched:
         x = x[:, None] if not config.batch_first else x[None]
@@ -238,8 +228,7 @@ def lstm(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
         config=config, deterministic=bool(deterministic), dtype=dtype,
         padding_value=float(padding_value),
-        schedule=Schedule(precision, int(unroll), remat_chunk(remat, x.shape[0]),
-                          int(chunk_rows), bool(wavefront)),
+        schedule=resolve(schedule or shorthand, config, x.shape[0], precision),
     )
     if config.batch_first:
         output = jnp.swapaxes(output, 0, 1)

@@ -75,14 +75,3 @@ def inference_chunk(steps: int, batch: int, rows: int) -> int:
         if steps % chunks == 0:
             return steps // chunks
     return -(-steps // target)
-
-
-def remat_chunk(remat: bool | int, num_steps: int) -> int:
-    """The chunk length for ``remat`` (0: no rematerialisation)."""
-    if remat is True:
-        return max(1, round(num_steps**0.5))
-    if not remat:
-        return 0
-    if not isinstance(remat, int) or remat < 1:
-        raise ValueError(f"remat must be True, False or a positive chunk length, got {remat!r}")
-    return remat
