@@ -180,7 +180,7 @@ def lstm(
     - ``dtype``: compute dtype; default is the promotion of ``x`` and the parameters.
     - ``padding_value``: value of ``output`` past each sequence's length.
     - ``schedule``: how the layers run (never what they compute), a validated strategy from
-      :mod:`jaxlstm.functional.schedules`: ``Layered(unroll=1, chunk_rows=1024)`` (the
+      ``jaxlstm.functional``: :class:`Layered` ``(unroll=1, chunk_rows=1024)`` (the
       default), ``Remat(chunk=None, unroll=1)`` or ``Wavefront(unroll=1)``. A schedule that
       cannot apply is an error (a bidirectional wavefront); a one-layer wavefront runs its one
       layer.
