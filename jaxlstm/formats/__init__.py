@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jaxlstm.writing import atomic_write, safetensors_bytes
+
 
 class OutputFormat(NamedTuple):
     """A file format that :func:`write` produces."""
@@ -35,8 +37,6 @@ class OutputFormat(NamedTuple):
 
 
 def _safetensors(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
-    from jaxlstm.files import safetensors_bytes
-
     del merge_biases  # torch's own layout: both biases kept
     path.write_bytes(safetensors_bytes(state_dict))
 
@@ -139,8 +139,6 @@ def write(
       :func:`jaxlstm.formats._common.one_bias`).
     - ``force``: replace an existing file.
     """
-    from jaxlstm.files import atomic_write
-
     if not isinstance(fmt, OutputFormat):
         fmt = format_for(path, fmt)
     writer = fmt.write

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,9 @@ import numpy as np
 from jaxlstm.arrays import resolve_param_dtype, to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import one_bias, single_cell, split_bias
-from jaxlstm.nnx import LSTMCell, from_weights
+
+if TYPE_CHECKING:  # the modules are built only when asked for, never to read a file
+    from jaxlstm.nnx import LSTMCell
 
 FMT = "an Equinox LSTMCell"
 
@@ -93,6 +95,8 @@ def to_equinox_cell(state_dict: Mapping[str, Any], *, merge_biases: bool = False
 def equinox_cell_to_jaxlstm(cell: Any, **kwargs: Any) -> LSTMCell:
     """A :class:`jaxlstm.LSTMCell` with an Equinox cell's weights (``kwargs`` go to
     :func:`jaxlstm.nnx.from_weights`)."""
+    from jaxlstm.nnx import LSTMCell, from_weights
+
     model = from_weights(from_equinox_cell(cell), **kwargs)
     assert isinstance(model, LSTMCell)
     return model

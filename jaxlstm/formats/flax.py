@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,9 @@ import numpy as np
 from jaxlstm.arrays import resolve_param_dtype, to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import one_bias, single_cell, split_bias
-from jaxlstm.nnx import LSTMCell, from_weights
+
+if TYPE_CHECKING:  # the modules are built only when asked for, never to read a file
+    from jaxlstm.nnx import LSTMCell
 
 _GATES = ("i", "f", "g", "o")
 FMT = "a Flax LSTMCell"
@@ -209,6 +211,8 @@ def flax_cell_to_jaxlstm(source: Any, **kwargs: Any) -> LSTMCell:
 
     Call it with ``(h, c)``: Flax's ``(c, h)`` carry swapped.
     """
+    from jaxlstm.nnx import LSTMCell, from_weights
+
     model = from_weights(from_flax_cell(source), **kwargs)
     assert isinstance(model, LSTMCell)
     return model

@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jaxlstm.arrays import to_numpy
 from jaxlstm.config import LSTMCellConfig
 from jaxlstm.formats._common import directions, one_dtype, torch_names
-from jaxlstm.nnx import LSTM, from_weights
+
+if TYPE_CHECKING:  # the modules are built only when asked for, never to read a file
+    from jaxlstm.nnx import LSTM
 
 FMT = "jax.experimental.rnn"
 SIZE_KEYS = ("input_size", "hidden_size", "num_layers", "bidirectional")
@@ -101,6 +103,8 @@ def jax_rnn_to_jaxlstm(
     ``jax.experimental.rnn.lstm`` is (``kwargs`` go to :func:`jaxlstm.nnx.from_weights`)."""
     kwargs.setdefault("batch_first", True)
     state = from_jax_rnn(weights, input_size, hidden_size, num_layers, bidirectional)
+    from jaxlstm.nnx import LSTM, from_weights
+
     model = from_weights(state, **kwargs)
     assert isinstance(model, LSTM)
     return model

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jaxlstm.arrays import to_numpy
 from jaxlstm.config import check_params
 from jaxlstm.formats._common import directions, one_bias, one_dtype, split_bias, torch_names
-from jaxlstm.nnx import LSTM, from_weights
+
+if TYPE_CHECKING:  # the modules are built only when asked for, never to read a file
+    from jaxlstm.nnx import LSTM
 
 FMT = "a Keras LSTM layer"
 # Keras picks its backend once, when first imported; jaxlstm runs on JAX.
@@ -161,6 +163,8 @@ def keras_lstm_to_jaxlstm(source: Any, **kwargs: Any) -> LSTM:
     ``kwargs`` go to :func:`jaxlstm.nnx.from_weights` (``batch_first=False`` for time-major input).
     """
     kwargs.setdefault("batch_first", True)
+    from jaxlstm.nnx import LSTM, from_weights
+
     model = from_weights(from_keras_lstm(source), **kwargs)
     assert isinstance(model, LSTM)
     return model
