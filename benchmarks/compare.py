@@ -1,20 +1,24 @@
 """A/B of the functional core against an earlier revision, torch alongside, in one process.
 
-``python -m benchmarks.compare REV [REV ...]`` loads ``jaxlstm/functional.py`` as it was at each
-git revision next to the working tree's and times forward and forward+backward on the CPU
-shapes in interleaved rounds (medians), printing each as a ratio to torch and to the first
-revision given, measured in the same run, with each one's first forward+backward call (trace,
-compile, run) and what its forward pass saves for the backward pass. This is how each step of
-the fast path was kept or dropped (see ``benchmarks/README.md``).
+``python -m benchmarks.compare REV [REV ...]`` loads the functional core (``jaxlstm.functional``)
+as it was at each git revision next to the working tree's and times forward and
+forward+backward on the CPU shapes in interleaved rounds (medians), printing each as a ratio to
+torch and to the first revision given, measured in the same run, with each one's first
+forward+backward call (trace, compile, run) and what its forward pass saves for the backward
+pass. This is how each step of the fast path was kept or dropped (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+from pathlib import Path
 
 import jax.numpy as jnp
 import torch
@@ -24,14 +28,24 @@ from jaxlstm import functional
 
 
 def load_revision(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:jaxlstm/functional.py"], check=True,
-                            capture_output=True, text=True).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"functional_{rev}", f.name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The functional core as it was at git revision ``rev`` (a module or a package).
+
+    The revision's whole package is exported to a temporary directory under another name, its
+    absolute imports renamed with it, so that it loads beside the working tree's own."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    alias = f"jaxlstm_{commit}"
+    root = Path(tempfile.mkdtemp(prefix="jaxlstm-compare-"))
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "jaxlstm"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    (root / "jaxlstm").rename(root / alias)
+    for source in (root / alias).rglob("*.py"):
+        text = source.read_text()
+        source.write_text(re.sub(r"\bjaxlstm(?=[.\s])", alias, text))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"{alias}.functional")
 
 
 def core_candidate(core, name: str, module: torch.nn.Module, shape: suite.Shape):
