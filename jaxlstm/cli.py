@@ -147,7 +147,7 @@ def _inspect(args: argparse.Namespace) -> int:
     found = find_lstms(state, source=source, strict=False)
     if not found:
         select_lstm(state, source=source)  # raises, naming the keys it saw
-    rows, lstm_keys, problems = [], 0, []
+    rows, lstm_keys, problems, notes = [], 0, [], []
     for item in found:
         lstm_keys += len(item.weights)
         dtype = "/".join(sorted({str(a.dtype) for a in item.weights.values()}))
@@ -163,9 +163,14 @@ def _inspect(args: argparse.Namespace) -> int:
             config.proj_size if is_lstm else "-",
             ("yes" if config.bias else "no") if known else "?", dtype, f"{item.param_count:,}",
         ])
-        if item.problem:
+        recorded = checkpoint.lstm_info.get(item.prefix, {})
+        problem = item.problem or recorded.get("problem")
+        if problem:
+            rows[-1][0] = (item.prefix or "(root)") + " !"
             problems.append(f"{args.file!r}: the LSTM at {item.prefix or '(root)'} cannot be "
-                            f"ported: {item.problem}")
+                            f"ported: {problem}")
+        if recorded:
+            notes.append(f"  {item.prefix}: {_recorded(recorded)}")
     where = f" (state dict under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
     print(f"{args.file} [{checkpoint.format}]{where}: {len(state)} tensors")
     unwrapped = list(unwrap_state_dict(state))
@@ -179,11 +184,28 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{len(found)} LSTM{'s' if len(found) != 1 else ''}, {total:,} parameters"
           + (f"; {others} other tensors are not LSTM weights{_groups(state, found)}"
              if others else ""))
+    if notes:
+        print("recorded in the file:\n" + "\n".join(notes))
     if problems:
         for problem in problems:
             _error("inspect", problem)
         return 1
     return 0
+
+
+def _recorded(info: dict) -> str:
+    """What a file records about one LSTM, as ``inspect`` shows it."""
+    parts = [f"{info['class']} layer {info['layer']!r}"] if "layer" in info else []
+    if "recurrent_activation" in info:
+        stated = "" if info.get("recorded") else " (Keras' default, not stated in the file)"
+        parts.append(f"activation {info['activation']}, recurrent_activation "
+                     f"{info['recurrent_activation']}{stated}")
+    if info.get("batch_first"):
+        parts.append("batch-first input" + (" (layout=1)" if info.get("source") == "onnx"
+                                            else "") + ": ported with batch_first=True")
+    if "dequantized" in info:
+        parts.append(f"dequantized from {info['dequantized']}")
+    return "; ".join(parts) or info.get("source", "")
 
 
 def _groups(state: dict, found: list) -> str:
@@ -203,7 +225,7 @@ def _groups(state: dict, found: list) -> str:
 def _convert(args: argparse.Namespace) -> int:
     from jaxlstm.arrays import describe
     from jaxlstm.discovery import select_lstm
-    from jaxlstm.files import read_checkpoint
+    from jaxlstm.files import check_portable, read_checkpoint
     from jaxlstm.formats import format_for, write
 
     try:
@@ -217,6 +239,7 @@ def _convert(args: argparse.Namespace) -> int:
     checkpoint = read_checkpoint(args.input)
     chosen = select_lstm(checkpoint.state_dict, args.prefix, source=f"file {args.input!r}",
                          container=checkpoint.wrapper)
+    check_portable(checkpoint, chosen.prefix)
     try:
         write(chosen.weights, output, fmt, merge_biases=args.merge_biases, force=args.force)
     except ValueError as error:
@@ -247,7 +270,8 @@ def _parity_file(argv: list[str]) -> int:
     parser.add_argument("--input", metavar="X.npy", help="input to use instead of random "
                         "values, in the module's layout (time-major unless --batch-first)")
     parser.add_argument("--batch-first", action="store_true",
-                        help="the LSTM takes (N, L, I) input")
+                        help="the LSTM takes (N, L, I) input (the default for Keras files and "
+                             "ONNX layout=1, as they record)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     try:
         args = parser.parse_args(argv)
@@ -265,7 +289,7 @@ def _parity_file(argv: list[str]) -> int:
 
         from jaxlstm.arrays import describe
         from jaxlstm.discovery import select_lstm
-        from jaxlstm.files import read_checkpoint
+        from jaxlstm.files import check_portable, read_checkpoint
         from jaxlstm.porting import torch_module
 
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
@@ -273,6 +297,9 @@ def _parity_file(argv: list[str]) -> int:
         checkpoint = read_checkpoint(args.file)
         chosen = select_lstm(checkpoint.state_dict, args.prefix, container=checkpoint.wrapper,
                              source=f"file {args.file!r}")
+        check_portable(checkpoint, chosen.prefix)
+        batch_first = args.batch_first or bool(
+            checkpoint.lstm_info.get(chosen.prefix, {}).get("batch_first"))
         # A NaN/Inf weight makes both sides NaN alike; name it rather than only its effects.
         broken = {name: int(np.size(a) - np.isfinite(np.asarray(a, np.float64)).sum())
                   for name, a in chosen.weights.items()}
@@ -283,7 +310,7 @@ def _parity_file(argv: list[str]) -> int:
         print(f"{where}{args.file}: {describe(chosen.config)}")
         config = chosen.config
         if isinstance(config, LSTMConfig):
-            config = dataclasses.replace(config, batch_first=args.batch_first)
+            config = dataclasses.replace(config, batch_first=batch_first)
         passed = True
         for dtype in dtypes:
             module = torch_module(config, chosen.weights).to(getattr(torch, dtype)).eval()

@@ -27,11 +27,12 @@ from jaxlstm.arrays import WRAPPER_SEGMENTS, flatten_arrays, to_numpy
 from jaxlstm.readers.guard import CheckpointError, confined, name
 from jaxlstm.writing import atomic_write, safetensors_bytes, save_safetensors
 
-__all__ = ["SUFFIXES", "Checkpoint", "CheckpointError", "atomic_write", "load_state_dict",
-           "read_checkpoint", "safetensors_bytes", "save_safetensors"]
+__all__ = ["SUFFIXES", "Checkpoint", "CheckpointError", "atomic_write", "check_portable",
+           "load_state_dict", "read_checkpoint", "safetensors_bytes", "save_safetensors"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUFFIXES = (*TORCH_SUFFIXES, ".safetensors", ".index.json", ".onnx", ".npz")
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+SUFFIXES = (*TORCH_SUFFIXES, ".safetensors", ".index.json", ".onnx", ".npz", *KERAS_SUFFIXES)
 """What :func:`read_checkpoint` reads (other suffixes are told apart by their content)."""
 MAX_INDEX_BYTES = 64 << 20
 """Largest sharded-checkpoint index read (real ones are a few hundred kilobytes)."""
@@ -51,7 +52,22 @@ class Checkpoint:
     skipped: tuple[str, ...] = ()
     """Dotted keys of entries that are not tensors (``epoch``, ``optimizer.param_groups.0.lr``)."""
     format: str = "torch"
-    """``torch``, ``torchscript``, ``safetensors``, ``sharded``, ``onnx`` or ``npz``."""
+    """``torch``, ``torchscript``, ``safetensors``, ``sharded``, ``onnx``, ``npz`` or
+    ``keras``."""
+    lstm_info: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """What the file states about an LSTM besides its weights, by prefix (``"lstm_1."``):
+    Keras files give ``activation``, ``recurrent_activation``, ``batch_first``, ...
+    (see :data:`jaxlstm.formats.keras_h5.Info`), ONNX files ``batch_first`` (``layout=1``) and
+    ``dequantized``. A ``problem`` entry says why that LSTM cannot be ported (see
+    :func:`check_portable`). Empty for torch's own formats."""
+
+
+def check_portable(checkpoint: Checkpoint, prefix: str) -> None:
+    """Raise :class:`CheckpointError` if the file records a reason why the LSTM at ``prefix``
+    cannot be ported faithfully (a Keras ``hard_sigmoid`` gate, ``go_backwards``, ...)."""
+    problem = checkpoint.lstm_info.get(prefix, {}).get("problem")
+    if problem:
+        raise CheckpointError(f"{name(checkpoint.path)}: {problem}")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
@@ -65,7 +81,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
       layout: its ``weight_map`` names the shard of each key, each inside the index's
       directory), an ``.onnx`` model (its ``LSTM`` nodes in torch's layout, see
       :mod:`jaxlstm.formats.onnx`) or an ``.npz`` (``numpy.savez``, or a jax-rnn file written
-      by ``jaxlstm convert``). Other suffixes are recognised by their content.
+      by ``jaxlstm convert``), a Keras ``.h5``/``.hdf5`` (Keras 1, 2, tf.keras, Keras 3
+      ``.weights.h5``) or ``.keras`` archive (see :mod:`jaxlstm.formats.keras_h5`; needs h5py).
+      Other suffixes are recognised by their content.
 
     Nested dicts, lists and tuples are flattened to dotted keys; when one container holds every
     tensor (``{'epoch': 3, 'state_dict': {...}}``) its key is dropped and reported in
@@ -99,17 +117,23 @@ def _check_regular_file(path: Path) -> None:
 
 
 def _read(path: Path) -> Checkpoint:
-    from jaxlstm.readers import safetensors, torchscript
+    from jaxlstm.readers import hdf5, safetensors, torchscript
     from jaxlstm.readers.torch_pickle import read_torch
 
     if path.name.endswith(".index.json"):
         return Checkpoint(path, _read_sharded(path), format="sharded")
     if path.suffix == ".onnx":
-        from jaxlstm.formats.onnx import read_onnx
+        from jaxlstm.formats.onnx import read_onnx_checkpoint
 
-        return Checkpoint(path, read_onnx(path), format="onnx")
+        state, info = read_onnx_checkpoint(path)
+        return Checkpoint(path, state, format="onnx", lstm_info=info)
     if path.suffix == ".npz":
         return Checkpoint(path, _read_npz(path), format="npz")
+    if path.suffix in KERAS_SUFFIXES or hdf5.is_hdf5(path):
+        from jaxlstm.formats.keras_h5 import read_keras_file
+
+        state, info = read_keras_file(path)
+        return Checkpoint(path, state, format="keras", lstm_info=info)
     if safetensors.is_safetensors(path, TORCH_SUFFIXES):
         return Checkpoint(path, safetensors.read_safetensors(path), format="safetensors")
     if torchscript.is_torchscript(path):

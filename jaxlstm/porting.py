@@ -208,15 +208,19 @@ def from_checkpoint(
 
     - ``source``: a path to any file :func:`jaxlstm.files.read_checkpoint` reads (``.pt``,
       ``.pth``, ``.bin``, ``.ckpt`` nested to any depth, TorchScript archives,
-      ``.safetensors`` and sharded ``*.index.json``, ``.onnx``, ``.npz``), or a (nested) state
-      dict of a whole model.
+      ``.safetensors`` and sharded ``*.index.json``, ``.onnx``, ``.npz``, Keras ``.h5``/
+      ``.keras``), or a (nested) state dict of a whole model. An LSTM the file records as
+      computing something else than torch's (a Keras ``hard_sigmoid`` gate, ...) raises
+      :class:`~jaxlstm.files.CheckpointError`.
     - ``prefix``: which LSTM, e.g. ``"encoder.rnn."`` (see :func:`find_lstms`, or ``jaxlstm
       inspect FILE``); may be omitted when the source holds exactly one. Errors list the
       prefixes found.
     - ``param_dtype``: dtype of the ported parameters; default the weights' own; required when
       they mix dtypes.
     - ``config``: ``batch_first``, ``dropout``, ``rngs``, ``dtype``, ``precision``, ``unroll`` —
-      whatever :func:`from_torch` accepts and the weights do not determine.
+      whatever :func:`from_torch` accepts and the weights do not determine. ``batch_first``
+      defaults to what the file records, if it does (Keras layers and ONNX ``layout=1``:
+      ``True``), else torch's ``False``.
 
     Example::
 
@@ -230,7 +234,7 @@ def from_checkpoint(
         raise TypeError(
             f"from_checkpoint expects a file path or a state dict, got {type(source).__name__}"
         )
-    from jaxlstm.files import CheckpointError, read_checkpoint
+    from jaxlstm.files import CheckpointError, check_portable, read_checkpoint
 
     checkpoint = read_checkpoint(source)
     where = f"file {os.fspath(source)!r}"
@@ -242,4 +246,8 @@ def from_checkpoint(
         raise
     except ValueError as error:  # the file holds no usable LSTM: a failure to read it as one
         raise CheckpointError(str(error)) from error
+    check_portable(checkpoint, found.prefix)
+    recorded = checkpoint.lstm_info.get(found.prefix, {})
+    if "batch_first" in recorded and isinstance(found.config, LSTMConfig):
+        config.setdefault("batch_first", recorded["batch_first"])
     return from_weights(weights, param_dtype=param_dtype, source=where, **config)

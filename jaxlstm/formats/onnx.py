@@ -29,6 +29,7 @@ FMT = "ONNX"
 _TORCH_FROM_ONNX = (0, 2, 3, 1)  # torch i, f, g, o are ONNX blocks i=0, f=2, c=3, o=1
 _ONNX_FROM_TORCH = (0, 3, 1, 2)  # ONNX i, o, f, c are torch blocks i=0, o=3, f=1, g=2
 _DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+QUANTIZED = "DynamicQuantizeLSTM"  # com.microsoft: ONNX Runtime's quantize_dynamic writes it
 
 
 def _onnx() -> Any:
@@ -59,7 +60,7 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 
 def _check_node(node: Any, attributes: Mapping[str, Any], inputs: list[str]) -> None:
-    where = f"ONNX LSTM node {node.name!r}"
+    where = f"ONNX {node.op_type} node {node.name!r}"
     if len(inputs) > 7 and inputs[7]:
         raise ValueError(f"{where} has peepholes (input P), which torch's LSTM does not have")
     if "clip" in attributes:
@@ -114,16 +115,50 @@ def read_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     - ``path``: the ``.onnx`` file (external data beside it is read too).
 
     Each chain of ``LSTM`` nodes (one node per layer) becomes one ``nn.LSTM`` under the prefix
-    made from its first node's name (``/lstm/LSTM`` -> ``lstm.LSTM.``). Only the weights are
-    read: the graph is never run. The ``layout`` attribute (1: batch-major input) concerns the
-    input, not the weights; port such a model with ``batch_first=True``.
+    made from its first node's name (``/lstm/LSTM`` -> ``lstm.LSTM.``); nodes inside the
+    subgraphs of ``If``/``Loop``/``Scan`` (any node's graph attributes) are found too, under
+    the prefix of where they sit (``if_0.then_branch.lstm.``). ``com.microsoft``
+    ``DynamicQuantizeLSTM`` nodes (ONNX Runtime's ``quantize_dynamic``) are read with their
+    int8/uint8 ``W`` and ``R`` dequantized: ``(q - zero_point) * scale``. Only the weights are
+    read: the graph is never run. See :func:`read_onnx_checkpoint` for what is known besides.
     """
+    return read_onnx_checkpoint(path)[0]
+
+
+def read_onnx_checkpoint(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+    """``(weights, {prefix: info})``: :func:`read_onnx`'s weights, and per LSTM
+    ``{"source": "onnx", "batch_first": layout == 1, "dequantized": ...}`` (``dequantized``
+    only for ``DynamicQuantizeLSTM``: how its weights were turned back into floats)."""
     from jaxlstm.readers.onnx import load_model
 
     path = Path(path)
-    graph = load_model(path).graph
-    constants = _constants(graph, path)
-    nodes = [node for node in graph.node if node.op_type == "LSTM"]
+    state: dict[str, np.ndarray] = {}
+    info: dict[str, dict[str, Any]] = {}
+    _read_graph(load_model(path).graph, path, {}, "", state, info)
+    return state, info
+
+
+def _is_lstm(node: Any) -> bool:
+    return (node.op_type == "LSTM" and node.domain in ("", "ai.onnx")) or (
+        node.op_type == QUANTIZED and node.domain == "com.microsoft")
+
+
+def _segment(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]+", ".", text).strip(".")
+
+
+def _read_graph(graph: Any, path: Path, outer: Mapping[str, np.ndarray], scope: str,
+                state: dict, info: dict, depth: int = 0) -> None:
+    """The LSTM chains of ``graph`` under ``scope``, then those of its nodes' subgraphs
+    (which may use the constants of the graphs around them)."""
+    from jaxlstm.readers.guard import MAX_DEPTH
+
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{path}: subgraphs nest deeper than {MAX_DEPTH}")
+    constants = {**outer, **_constants(graph, path)}
+    nodes = [node for node in graph.node if _is_lstm(node)]
     lstm_outputs = {out: index for index, node in enumerate(nodes) for out in node.output[:1]}
     chain_of: dict[int, int] = {}
     chains: list[list[int]] = []
@@ -136,25 +171,46 @@ def read_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         else:
             chain_of[index] = len(chains)
             chains.append([index])
-    state: dict[str, np.ndarray] = {}
     for chain in chains:
-        prefix = re.sub(r"[^0-9A-Za-z_]+", ".", nodes[chain[0]].name).strip(".") or "lstm"
+        base = scope + (_segment(nodes[chain[0]].name) or "lstm")
+        prefix, number = base, 0
+        while prefix + "." in info:
+            number += 1
+            prefix = f"{base}_{number}"
+        first = _attributes(nodes[chain[0]])
+        info[prefix + "."] = {"source": "onnx", "batch_first": first.get("layout", 0) == 1}
         for layer, index in enumerate(chain):
-            for name, value in _node_weights(nodes[index], constants, layer).items():
+            weights, dequantized = _node_weights(nodes[index], constants, layer)
+            if dequantized:
+                info[prefix + "."]["dequantized"] = dequantized
+            for name, value in weights.items():
                 state[f"{prefix}.{name}"] = value
-    return state
+    for index, node in enumerate(graph.node):
+        where = _segment(node.name) or f"{node.op_type.lower()}_{index}"
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+            for number, subgraph in enumerate(subgraphs):
+                label = attribute.name + (f"_{number}" if len(subgraphs) > 1 else "")
+                _read_graph(subgraph, path, constants, f"{scope}{where}.{label}.", state, info,
+                            depth + 1)
 
 
-def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int) -> dict:
+def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int
+                  ) -> tuple[dict, str | None]:
+    """One node's torch-named weights, and how they were dequantized (``None``: stored as
+    floats)."""
     inputs = list(node.input)
     attributes = _attributes(node)
     _check_node(node, attributes, inputs)
-    where = f"ONNX LSTM node {node.name!r}"
+    where = f"ONNX {node.op_type} node {node.name!r}"
     missing = [name for name in inputs[1:3] if name not in constants]
     if missing:
         raise ValueError(f"{where}: its weights {missing} are computed in the graph, not stored "
                          "as initializers or constants; cannot read them")
     weight, recurrent = constants[inputs[1]], constants[inputs[2]]
+    dequantized = None
+    if node.op_type == QUANTIZED:
+        weight, recurrent, dequantized = _dequantize(where, inputs, constants, weight, recurrent)
     bias = constants.get(inputs[3]) if len(inputs) > 3 and inputs[3] else None
     _check_shapes(where, attributes, weight, recurrent, bias)
     state = {}
@@ -166,7 +222,39 @@ def _node_weights(node: Any, constants: Mapping[str, np.ndarray], layer: int) ->
             wb, rb = np.split(bias[direction], 2)
             state["bias_ih" + suffix] = _reorder(wb, _TORCH_FROM_ONNX)
             state["bias_hh" + suffix] = _reorder(rb, _TORCH_FROM_ONNX)
-    return state
+    return state, dequantized
+
+
+def _dequantize(where: str, inputs: list[str], constants: Mapping[str, np.ndarray],
+                weight: np.ndarray, recurrent: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """``DynamicQuantizeLSTM``'s ``W (D, I, 4H)`` and ``R (D, H, 4H)`` (int8/uint8, inputs 1
+    and 2) with ``W_scale``, ``W_zero_point``, ``R_scale``, ``R_zero_point`` (inputs 8..11,
+    shape ``(D,)`` per direction or ``(D, 4H)`` per output channel) as ONNX ``LSTM``'s float
+    ``W (D, 4H, I)`` and ``R (D, 4H, H)``."""
+    names = inputs[8:12]
+    if len(names) != 4 or not all(n in constants for n in names):
+        raise ValueError(f"{where}: its scales and zero points (inputs 8-11) are not all stored "
+                         "as initializers or constants; cannot dequantize its weights")
+    arrays = []
+    per_channel = False
+    for quantized, scale, zero in ((weight, *names[:2]), (recurrent, *names[2:])):
+        scale, zero = constants[scale], constants[zero]
+        if quantized.dtype not in (np.int8, np.uint8) or quantized.ndim != 3:
+            raise ValueError(f"{where}: quantized weights of {quantized.dtype} and shape "
+                             f"{quantized.shape}; expected int8/uint8 (D, I or H, 4H)")
+        directions, _, gates = quantized.shape
+        if scale.shape != zero.shape or scale.shape not in ((directions,), (directions, gates)):
+            raise ValueError(f"{where}: scale {scale.shape} and zero point {zero.shape} do not "
+                             f"fit weights {quantized.shape}: expected ({directions},) or "
+                             f"({directions}, {gates})")
+        per_channel |= scale.ndim == 2
+        shape = (directions, 1, gates) if scale.ndim == 2 else (directions, 1, 1)
+        floats = (quantized.astype(np.float32) - zero.astype(np.float32).reshape(shape)) * \
+            scale.astype(np.float32).reshape(shape)
+        arrays.append(np.ascontiguousarray(floats.transpose(0, 2, 1)))
+    how = (f"{weight.dtype} weights, {'per-channel' if per_channel else 'per-direction'} "
+           "scales: (q - zero_point) * scale")
+    return arrays[0], arrays[1], how
 
 
 def _check_shapes(where: str, attributes: Mapping[str, Any], weight: np.ndarray,
