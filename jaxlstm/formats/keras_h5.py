@@ -125,7 +125,7 @@ class _Reader:
     """One file's walk: its path, model config, Keras version; the weights and infos found."""
 
     def __init__(self, path: Path, config: Any, version: str):
-        self.path, self.version = path, version
+        self.path, self.version, self.model = path, version, config
         self.configs = _layer_configs(config)
         self.has_config = config is not None
         self.state: dict[str, np.ndarray] = {}
@@ -274,16 +274,20 @@ class _Reader:
         if "layers" not in names:
             raise CheckpointError(f"{name(self.path)} is not a Keras 3 weights file (no "
                                   f"'layers' group; its groups: {', '.join(names) or 'none'})")
-        self.walk3(hdf5.member(handle, "layers", self.path), "")
+        self.walk3(hdf5.member(handle, "layers", self.path), "", self.model)
         return self.result()
 
-    def walk3(self, layers: Any, prefix: str) -> None:
-        for layer in hdf5.children(layers, self.path):
-            group = hdf5.member(layers, layer, self.path)
+    def walk3(self, layers: Any, prefix: str, model: Any) -> None:
+        configs = _keras3_names(model)
+        for group_name in hdf5.children(layers, self.path):
+            group = hdf5.member(layers, group_name, self.path)
             members = hdf5.children(group, self.path) if _is_group(group) else []
-            cls, config = self.configs.get(layer, (None, {}))
+            cls, config = configs.get(group_name, (None, {}))
+            layer = config.get("name", group_name) if isinstance(config.get("name"), str) \
+                else group_name
             if "layers" in members:
-                self.walk3(hdf5.member(group, "layers", self.path), f"{prefix}{_segment(layer)}.")
+                self.walk3(hdf5.member(group, "layers", self.path), f"{prefix}{_segment(layer)}.",
+                           {"class_name": cls, "config": config})
             elif "forward_layer" in members and "backward_layer" in members:
                 directions = [self.vars3(hdf5.member(group, f"{side}_layer", self.path))
                               for side in ("forward", "backward")]
@@ -304,6 +308,29 @@ class _Reader:
         keys = sorted((k for k in hdf5.children(variables, self.path) if k.isdigit()), key=int)
         return [hdf5.read_dataset(hdf5.member(variables, k, self.path), self.path)
                 for k in keys]
+
+
+def _keras3_names(model: Any) -> dict[str, tuple[str, dict]]:
+    """``{group name: (class name, config)}`` of a Keras 3 model's layers: Keras 3 names each
+    layer's weights group after its class in snake case (``lstm``, ``lstm_1``, ...), in the
+    order of ``model.layers`` (a ``Sequential`` leaves out its ``InputLayer``)."""
+    if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
+        return {}
+    layers = model["config"].get("layers")
+    names: dict[str, tuple[str, dict]] = {}
+    used: dict[str, int] = {}
+    for entry in layers if isinstance(layers, list) else []:
+        cls = entry.get("class_name") if isinstance(entry, dict) else None
+        if not isinstance(cls, str) or (cls == "InputLayer"
+                                         and model.get("class_name") == "Sequential"):
+            continue
+        snake = re.sub(r"([a-z])([A-Z])", r"\1_\2",
+                       re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", cls))).lower()
+        count = used.get(snake)
+        used[snake] = 0 if count is None else count + 1
+        config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        names[snake if count is None else f"{snake}_{count + 1}"] = (cls, config)
+    return names
 
 
 def _is_group(node: Any) -> bool:
