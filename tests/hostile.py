@@ -40,7 +40,8 @@ HEADROOM = 2 << 30
 4 GiB allocation does not."""
 PRELOAD = ["jaxlstm", "jaxlstm.files", "jaxlstm.cli", "jaxlstm.porting", "jaxlstm.discovery",
            "jaxlstm.formats", "jaxlstm.formats.onnx", "jaxlstm.formats.jax_rnn",
-           "jaxlstm.testing", "torch", "onnx", "onnx.numpy_helper", "safetensors.numpy"]
+           "jaxlstm.testing", "jaxlstm.formats.keras_h5", "torch", "onnx", "onnx.numpy_helper",
+           "safetensors.numpy", "h5py"]
 COMMANDS = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
             "pty.spawn")
 """Audit events of running another program: a checkpoint read must raise none."""

@@ -537,6 +537,73 @@ ONNX = [
          r"raw_data|bytes|size|shape|dims|truncat|corrupt"),
 ]
 
+def keras_h5(path: Path, change: Callable[..., None] | None = None) -> Path:
+    """The LSTM as a Keras 2 ``CuDNNLSTM`` HDF5 file (``model_weights/lstm_1/lstm_1/*:0``),
+    laid out so that its weights are torch's exactly; ``change(layer group, names)`` then
+    tampers with it."""
+    import h5py
+
+    state = numpy_state()
+    hidden, inputs = state["weight_hh_l0"].shape[1], state["weight_ih_l0"].shape[1]
+    weights = {
+        "kernel:0": np.hstack([b.reshape(inputs, hidden)
+                               for b in np.split(state["weight_ih_l0"], 4)]),
+        "recurrent_kernel:0": np.hstack(np.split(state["weight_hh_l0"], 4)),
+        "bias:0": np.concatenate([state["bias_ih_l0"], state["bias_hh_l0"]]),
+    }
+    with h5py.File(path, "w") as handle:
+        root = handle.create_group("model_weights")
+        root.attrs["layer_names"] = np.array([b"lstm_1"])
+        root.attrs["keras_version"] = b"2.3.1"
+        group = root.create_group("lstm_1")
+        names = [f"lstm_1/{key}" for key in weights]
+        group.attrs["weight_names"] = np.array([n.encode() for n in names])
+        for key, value in zip(names, weights.values()):
+            group.create_dataset(key, data=value)
+        if change is not None:
+            change(group, names)
+    return path
+
+
+def _h5_external_link(d: Path, o: Path) -> Path:
+    import h5py
+
+    with h5py.File(o / "weights.h5", "w") as outside:
+        outside.create_dataset("kernel", data=np.ones((3, 16), np.float32))
+
+    def link(group, names) -> None:
+        del group[names[0]]
+        group[names[0]] = h5py.ExternalLink("../sibling/weights.h5", "/kernel")
+
+    return keras_h5(d / "model.h5", link)
+
+
+def _h5_external_storage(d: Path, o: Path) -> Path:
+    (o / "raw.bin").write_bytes(bytes(3 * 16 * 4))
+
+    def external_storage(group, names) -> None:
+        del group[names[0]]
+        group.create_dataset(names[0], shape=(3, 16), dtype="f4",
+                             external=[("../sibling/raw.bin", 0, 3 * 16 * 4)])
+
+    return keras_h5(d / "model.h5", external_storage)
+
+
+def _h5_huge(group, names) -> None:
+    del group[names[0]]
+    group.create_dataset(names[0], shape=(1 << 16, 1 << 16), dtype="f4")  # 16 GiB, no data
+
+
+HDF5 = [
+    Case("h5-external-link", _h5_external_link, ESCAPE),
+    Case("h5-external-storage", _h5_external_storage, r"external|" + ESCAPE),
+    Case("h5-huge-shape", lambda d, o: keras_h5(d / "model.h5", _h5_huge), HUGE),
+    Case("h5-garbage", lambda d, o: _bytes(d / "model.h5", random.Random(2).randbytes(4096)),
+         r"hdf5|" + CORRUPT),
+    Case("h5-truncated", lambda d, o: _bytes(
+        d / "model.h5", keras_h5(d / "model.h5").read_bytes()[:1500]), r"hdf5|" + CORRUPT),
+]
+
 PATHS = [
     Case("path-directory", lambda d, o: _directory(d / "model.pt"), r"directory"),
     Case("path-missing", lambda d, o: d / "missing.pt", r"not exist|no such|not found"),
@@ -544,7 +611,7 @@ PATHS = [
          r"fifo|pipe|not a (?:regular )?file|special"),
 ]
 
-CASES = SHARDED + TORCHSCRIPT + TORCH + SAFETENSORS + NPZ + ONNX + PATHS
+CASES = SHARDED + TORCHSCRIPT + TORCH + SAFETENSORS + NPZ + ONNX + HDF5 + PATHS
 
 
 def _sharded(d: Path, o: Path) -> Path:
@@ -603,6 +670,7 @@ CONTROLS = [
     Case("npz", lambda d, o: savez(d / "model.npz", **numpy_state()), ""),
     Case("npz-jax-rnn", _jax_rnn, ""),
     Case("npz-rewritten", _npz_deflated, ""),
+    Case("keras-h5", lambda d, o: keras_h5(d / "model.h5"), ""),
 ]
 
 
