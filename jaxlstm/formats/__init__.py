@@ -5,11 +5,14 @@ dict (what :func:`jaxlstm.to_torch` returns and :func:`jaxlstm.from_torch` accep
 depend only on :mod:`jaxlstm.arrays`, :mod:`jaxlstm.config` and :mod:`jaxlstm.nnx`:
 
 - :mod:`jaxlstm.formats.flax`: Flax Linen / NNX ``LSTMCell`` and ``OptimizedLSTMCell``.
-- :mod:`jaxlstm.formats.keras`: Keras 3 ``LSTM`` and ``Bidirectional(LSTM)``.
+- :mod:`jaxlstm.formats.keras`: Keras 3 ``LSTM`` and ``Bidirectional(LSTM)`` layers.
+- :mod:`jaxlstm.formats.keras_h5`: Keras files (``.h5``/``.hdf5`` of Keras 1, 2 and tf.keras,
+  Keras 3 ``.keras``/``.weights.h5``; ``LSTM``, ``CuDNNLSTM``, ``Bidirectional``), import only.
 - :mod:`jaxlstm.formats.jax_rnn`: ``jax.experimental.rnn`` flat weights (layers, directions).
 - :mod:`jaxlstm.formats.equinox`: Equinox ``LSTMCell``.
-- :mod:`jaxlstm.formats.onnx`: ONNX ``LSTM`` nodes (import of any chain of them, export of an
-  ``nn.LSTM`` as a model ONNX Runtime runs).
+- :mod:`jaxlstm.formats.onnx`: ONNX ``LSTM`` nodes (import of any chain of them, in subgraphs
+  too, and of ONNX Runtime's ``DynamicQuantizeLSTM``; export of an ``nn.LSTM`` as a model ONNX
+  Runtime runs).
 
 Where a format cannot hold the weights (two biases, a projection, several layers in a
 single-cell format) the export raises instead of dropping anything. :func:`write` saves

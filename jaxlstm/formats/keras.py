@@ -91,7 +91,11 @@ def from_keras_lstm(source: Any) -> dict[str, np.ndarray]:
     **Arguments:**
 
     - ``source``: a built ``keras.layers.LSTM``, a ``keras.layers.Bidirectional`` around one
-      (``merge_mode="concat"``), or the list ``layer.get_weights()`` of an ``LSTM``.
+      (``merge_mode="concat"``), or the list ``layer.get_weights()`` of an ``LSTM``. A list
+      does not say which activations the layer used: it is taken to be Keras 3's default
+      (sigmoid gates, tanh), which jaxlstm computes; the weights of a ``hard_sigmoid`` layer
+      (every Keras <= 2.2 default) port without error but compute something else. Files are
+      read with their activations by :mod:`jaxlstm.formats.keras_h5`.
 
     Returns ``weight_ih_l0 (4H, I)``, ``weight_hh_l0 (4H, H)``, ``bias_ih_l0`` (Keras' bias) and
     ``bias_hh_l0`` (zeros), plus ``*_l0_reverse`` for a ``Bidirectional`` layer.

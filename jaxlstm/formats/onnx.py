@@ -5,7 +5,13 @@ An ONNX ``LSTM`` node is one layer: ``W (D, 4H, I)``, ``R (D, 4H, H)``, ``B (D, 
 ``direction="bidirectional"``. A stacked torch LSTM is a chain of such nodes, each reading the
 previous one's output: :func:`read_onnx` follows the chains and returns each as one ``nn.LSTM``
 state dict. What torch's LSTM cannot express (peepholes ``P``, ``clip``, ``input_forget``,
-other ``activations``, a lone ``reverse`` direction) raises, naming the attribute.
+other ``activations``, a lone ``reverse`` direction) raises, naming the attribute. Nodes
+inside ``If``/``Loop``/``Scan`` bodies are read too; ``layout=1`` (batch-major input) is
+recorded so that the port gets ``batch_first=True``; ONNX Runtime's ``com.microsoft``
+``DynamicQuantizeLSTM`` is read by dequantizing its int8/uint8 weights. The port then computes
+the float LSTM on the dequantized weights — what ONNX Runtime's float ``LSTM`` computes with
+them, not its int8 kernel, which also quantizes the inputs and states (measured on a small
+BiLSTM: outputs within 2e-3, 0.6 % of the largest).
 
 :func:`to_onnx` builds an ONNX model that runs a jaxlstm / torch LSTM: inputs ``input``
 ``(L, N, I)`` (``(N, L, I)`` batch-first), ``h0``, ``c0``; outputs ``output``,

@@ -12,4 +12,5 @@ nesting depth is bounded. No reader runs code from a file.
   ``torch.load(weights_only=True)``.
 - :mod:`~jaxlstm.readers.npz`: ``numpy.savez`` archives, without pickles.
 - :mod:`~jaxlstm.readers.onnx`: ONNX models and their external data.
+- :mod:`~jaxlstm.readers.hdf5`: HDF5 (Keras ``.h5``) through h5py, never leaving the file.
 """
