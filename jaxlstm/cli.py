@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import importlib
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,10 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspect = commands.add_parser(
         "inspect", help="list the LSTMs in a checkpoint with their config and size",
-        description="List every nn.LSTM / nn.LSTMCell in a .pt/.pth/.safetensors file: prefix, "
-                    "sizes, layers, directions, projection, bias, dtype, parameter count.",
+        description="List every nn.LSTM / nn.LSTMCell in a checkpoint (.pt/.pth/.safetensors/"
+                    ".onnx/.npz, Keras .h5/.keras): prefix, sizes, layers, directions, "
+                    "projection, bias, dtype, parameter count, and what the file records "
+                    "about each (activations, batch-first input).",
     )
-    inspect.add_argument("file", metavar="FILE", help="checkpoint (.pt, .pth, .safetensors)")
+    inspect.add_argument("file", metavar="FILE",
+                         help="checkpoint (.pt, .pth, .safetensors, .onnx, .npz, .h5, .keras)")
     formats = "\n".join(f"  {f.name:<19} {f.suffix:<13} {f.description}"
                         for f in OUTPUT_FORMATS.values())
     convert = commands.add_parser(
@@ -169,7 +171,7 @@ def _inspect(args: argparse.Namespace) -> int:
             rows[-1][0] = (item.prefix or "(root)") + " !"
             problems.append(f"{args.file!r}: the LSTM at {item.prefix or '(root)'} cannot be "
                             f"ported: {problem}")
-        if recorded:
+        if _recorded(recorded):
             notes.append(f"  {item.prefix}: {_recorded(recorded)}")
     where = f" (state dict under {checkpoint.wrapper!r})" if checkpoint.wrapper else ""
     print(f"{args.file} [{checkpoint.format}]{where}: {len(state)} tensors")
@@ -205,7 +207,7 @@ def _recorded(info: dict) -> str:
                                             else "") + ": ported with batch_first=True")
     if "dequantized" in info:
         parts.append(f"dequantized from {info['dequantized']}")
-    return "; ".join(parts) or info.get("source", "")
+    return "; ".join(parts)
 
 
 def _groups(state: dict, found: list) -> str:
@@ -292,8 +294,6 @@ def _parity_file(argv: list[str]) -> int:
         from jaxlstm.files import check_portable, read_checkpoint
         from jaxlstm.porting import torch_module
 
-        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
-        warnings.filterwarnings("ignore", message=".*not supported with oneDNN.*")
         checkpoint = read_checkpoint(args.file)
         chosen = select_lstm(checkpoint.state_dict, args.prefix, container=checkpoint.wrapper,
                              source=f"file {args.file!r}")
@@ -313,9 +313,10 @@ def _parity_file(argv: list[str]) -> int:
             config = dataclasses.replace(config, batch_first=batch_first)
         passed = True
         for dtype in dtypes:
-            module = torch_module(config, chosen.weights).to(getattr(torch, dtype)).eval()
-            report = testing.compare(module, x=x, steps=args.steps, batch=args.batch,
-                                     seed=args.seed)
+            with testing.quiet_torch():
+                module = torch_module(config, chosen.weights).to(getattr(torch, dtype)).eval()
+                report = testing.compare(module, x=x, steps=args.steps, batch=args.batch,
+                                         seed=args.seed)
             print(f"\n{dtype}:\n{report.table()}")
             for path, tensor, error in report.failures:
                 print(f"FAIL {tensor} ({path}): relative error {error:.2e}", file=sys.stderr)

@@ -135,7 +135,8 @@ def _strings(values):
 
 def write_keras2(path, layers, *, version="2.3.1", whole_model=True):
     """A Keras 2 HDF5 file. ``layers``: ``[(name, class, config, {weight name: array})]``; a
-    layer's weight names are ``<name>/<weight>`` as Keras 2 names them."""
+    layer's weight names are ``<name>/<weight>`` as Keras 2 names them (names with a ``/`` are
+    kept: the weights of a nested model or a Bidirectional are named after their own layers)."""
     with h5py.File(path, "w") as handle:
         root = handle.create_group("model_weights") if whole_model else handle
         if whole_model:
@@ -150,7 +151,7 @@ def write_keras2(path, layers, *, version="2.3.1", whole_model=True):
         root.attrs["backend"] = b"tensorflow"
         for name, _, _, weights in layers:
             group = root.create_group(name)
-            names = [f"{name}/{key}" for key in weights]
+            names = [key if "/" in key else f"{name}/{key}" for key in weights]
             group.attrs["weight_names"] = _strings(names)
             for key, value in zip(names, weights.values()):
                 group.create_dataset(key, data=value)
@@ -171,8 +172,8 @@ def test_keras2_layout_lstm_cudnn_and_bidirectional_match_the_keras_formula(tmp_
     rng = np.random.default_rng(1)
     lstm, cudnn = lstm_weights(rng, 2, 3), lstm_weights(rng, 2, 3, bias_size=8)
     forward, backward = lstm_weights(rng, 2, 3), lstm_weights(rng, 2, 3)
-    bi = {f"forward_lstm_1/{k}": v for k, v in forward.items()}
-    bi.update({f"backward_lstm_1/{k}": v for k, v in backward.items()})
+    bi = {f"bidirectional_1/forward_lstm_1/{k}": v for k, v in forward.items()}
+    bi.update({f"bidirectional_1/backward_lstm_1/{k}": v for k, v in backward.items()})
     path = write_keras2(tmp_path / "model.h5", [
         ("embedding_1", "Embedding", {}, {"embeddings:0": np.ones((5, 2), np.float32)}),
         ("lstm_1", "LSTM", LSTM_CONFIG, lstm),
@@ -231,7 +232,7 @@ def test_keras2_layers_torch_cannot_compute_are_refused(tmp_path, case):
     elif case == "merge-sum":
         cls = "Bidirectional"
         config = {"merge_mode": "sum", "layer": {"class_name": "LSTM", "config": LSTM_CONFIG}}
-        weights = {f"{side}_lstm_1/{k}": v for side in ("forward", "backward")
+        weights = {f"lstm_1/{side}_lstm_1/{k}": v for side in ("forward", "backward")
                    for k, v in lstm_weights(rng, 2, 3).items()}
         reason = "merge_mode='sum'"
     else:
@@ -253,6 +254,21 @@ def test_weights_only_keras_2_3_file_ports_assuming_the_default(tmp_path):
     assert info["recurrent_activation"] == "sigmoid" and not info["recorded"]
     x = rng.standard_normal((2, 3, 2))
     assert np.abs(port_output(path, x) - keras_lstm(x, *lstm.values())).max() <= 1e-10
+
+
+def test_nested_model_lstms_are_found_under_the_models_name(tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    first, second = lstm_weights(rng, 2, 3), lstm_weights(rng, 3, 3)
+    weights = {f"lstm_1/{k}": v for k, v in first.items()}
+    weights.update({f"lstm_2/{k}": v for k, v in second.items()})
+    path = write_keras2(tmp_path / "nested.h5", [("encoder", None, None, weights)],
+                        whole_model=False)  # a weights-only file of a model inside a model
+    assert set(read_checkpoint(path).lstm_info) == {"encoder.lstm_1.", "encoder.lstm_2."}
+    x = rng.standard_normal((2, 4, 2))
+    hidden = keras_lstm(x, *first.values())
+    assert np.abs(port_output(path, x, "encoder.lstm_1.") - hidden).max() <= 1e-10
+    assert np.abs(port_output(path, hidden, "lstm_2.") - keras_lstm(hidden, *second.values())
+                  ).max() <= 1e-10
 
 
 def test_hdf5_without_an_lstm_lists_its_layers(tmp_path):

@@ -68,6 +68,9 @@ def test_lstm_inside_an_if_branch_is_found_and_matches_onnx_runtime(tmp_path, ca
     assert cli.main(["inspect", str(path)]) == 0
     assert "if_0.then_branch.lstm." in capsys.readouterr().out
     assert cli.main(["parity", str(path)]) == 0
+    target = tmp_path / "branch.safetensors"
+    assert cli.main(["convert", str(path), str(target), "--prefix", "then_branch.lstm"]) == 0
+    assert np.abs(_port_output(target, x) - want).max() <= 1e-5
 
 
 def test_layout_1_ports_batch_first(tmp_path, capsys):
@@ -150,3 +153,5 @@ def test_quantize_dynamic_lstm_matches_onnx_runtime_on_dequantized_weights(
     assert "per-channel" in next(iter(info.values()))["dequantized"] or not per_channel
     assert cli.main(["inspect", str(target)]) == 0
     assert "dequantized from int8" in capsys.readouterr().out
+    assert cli.main(["parity", str(target), "--dtype", "float32"]) == 0
+    assert cli.main(["convert", str(target), str(tmp_path / "dequantized.npz")]) == 0

@@ -127,7 +127,6 @@ class _Reader:
     def __init__(self, path: Path, config: Any, version: str):
         self.path, self.version, self.model = path, version, config
         self.configs = _layer_configs(config)
-        self.has_config = config is not None
         self.state: dict[str, np.ndarray] = {}
         self.info: dict[str, Info] = {}
         self.others: list[str] = []
@@ -172,7 +171,8 @@ class _Reader:
         if not arrays:
             return
         heads = list(dict.fromkeys(w.split("/", 1)[0] for w in weight_names))
-        if cls in MODEL_CLASSES or (cls is None and self.has_config and len(heads) > 1):
+        nested = all("/" in w for w in weight_names) and len(heads) > 1  # Keras 1: no "/"
+        if cls in MODEL_CLASSES or (cls is None and nested):
             for head in heads:  # a nested model: its weights are named after its layers
                 chosen = [i for i, w in enumerate(weight_names) if w.split("/", 1)[0] == head]
                 self.layer(head, [weight_names[i] for i in chosen], [arrays[i] for i in chosen],
