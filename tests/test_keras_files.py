@@ -272,9 +272,13 @@ def test_nested_model_lstms_are_found_under_the_models_name(tmp_path, capsys):
 
 
 def test_hdf5_without_an_lstm_lists_its_layers(tmp_path):
+    gru = {f"bi/{side}_gru/{k}": np.ones(shape, np.float32) for side in ("forward", "backward")
+           for k, shape in (("kernel:0", (2, 9)), ("recurrent_kernel:0", (3, 9)))}
     path = write_keras2(tmp_path / "dense.h5", [
-        ("dense_1", "Dense", {}, {"kernel:0": np.ones((2, 3), np.float32)})])
-    with pytest.raises(CheckpointError, match=r"no Keras LSTM.*dense_1 \(Dense\)"):
+        ("dense_1", "Dense", {}, {"kernel:0": np.ones((2, 3), np.float32)}),
+        ("bi", "Bidirectional", {"layer": {"class_name": "GRU", "config": {}}}, gru)])
+    with pytest.raises(CheckpointError,
+                       match=r"no Keras LSTM.*dense_1 \(Dense\), bi \(Bidirectional\(GRU\)\)"):
         read_checkpoint(path)
 
 

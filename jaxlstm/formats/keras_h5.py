@@ -178,17 +178,19 @@ class _Reader:
                 self.layer(head, [weight_names[i] for i in chosen], [arrays[i] for i in chosen],
                            prefix=f"{prefix}{_segment(layer)}.")
             return
-        if cls == "Bidirectional" or (cls is None and any("backward" in w for w in weight_names)
-                                      and len(arrays) % 2 == 0):
-            half = len(arrays) // 2
-            inner = config.get("layer", {}) if isinstance(config.get("layer"), dict) else {}
+        half = len(arrays) // 2
+        inner = config.get("layer", {}) if isinstance(config.get("layer"), dict) else {}
+        if (cls == "Bidirectional" and inner.get("class_name") in LSTM_CLASSES) or (
+                cls is None and any("backward" in w for w in weight_names)
+                and _lstm_like(arrays[:half]) and _lstm_like(arrays[half:])):
             self.add(prefix + _segment(layer), layer, [arrays[:half], arrays[half:]],
                      weight_names, inner.get("class_name"), inner.get("config", {}),
                      merge_mode=config.get("merge_mode", "concat"))
-        elif cls in LSTM_CLASSES or (cls is None and (len(arrays) == 12 or _lstm_shaped(arrays))):
+        elif cls in LSTM_CLASSES or (cls is None and _lstm_like(arrays)):
             self.add(prefix + _segment(layer), layer, [arrays], weight_names, cls, config)
         else:
-            self.others.append(f"{layer} ({cls or 'unknown'})")
+            wrapped = f"({inner.get('class_name')})" if inner.get("class_name") else ""
+            self.others.append(f"{layer} ({cls or 'unknown'}{wrapped})")
 
     def add(self, prefix: str, layer: str, per_direction: list[list[np.ndarray]],
             weight_names: Sequence[str], cls: str | None, config: Mapping[str, Any],
@@ -340,6 +342,11 @@ def _is_group(node: Any) -> bool:
 def _segment(layer: str) -> str:
     """A layer name as one segment of a dotted prefix."""
     return layer.replace(".", "_").replace("/", ".")
+
+
+def _lstm_like(arrays: Sequence[np.ndarray]) -> bool:
+    """An LSTM's weights: Keras 2/3's (see :func:`_lstm_shaped`) or Keras 1's twelve arrays."""
+    return _lstm_shaped(arrays) or (len(arrays) == 12 and all(a.ndim in (1, 2) for a in arrays))
 
 
 def _lstm_shaped(arrays: Sequence[np.ndarray]) -> bool:
