@@ -8,6 +8,7 @@ formula (independent of jaxlstm: Keras' kernel layout, Keras' own CuDNNLSTM conv
 
 import json
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -130,7 +131,9 @@ def test_keras3_hard_sigmoid_is_refused_naming_the_layer(tmp_path, capsys, keras
 
 
 def _strings(values):
-    return np.array([v.encode() for v in values], dtype=f"S{max(map(len, values), default=1)}")
+    if not values:  # Keras 2 stores an empty list as an empty float array
+        return np.array([], dtype=np.float64)
+    return np.array([v.encode() for v in values], dtype=f"S{max(map(len, values))}")
 
 
 def write_keras2(path, layers, *, version="2.3.1", whole_model=True):
@@ -288,3 +291,48 @@ def test_hdf5_without_h5py_names_the_install_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(CheckpointError, match=r"pip install 'jaxlstm\[keras\]'"):
         read_checkpoint(path)
+
+
+# --- a real file ----------------------------------------------------------------------------------
+
+CHARS2VEC = Path(__file__).parent / "data" / "chars2vec_eng_50_weights.h5"
+"""Keras 2.2.0 ``save_weights`` of two default ``LSTM(50)`` layers (chars2vec 0.1.7, Apache
+2.0; see ``tests/data/README.md``)."""
+
+
+def _layout(path):
+    """Every group and dataset (with its shape) and the attribute names of each, of a file."""
+    found = {}
+    with h5py.File(path, "r") as handle:
+        found["/"] = sorted(handle.attrs)
+        handle.visititems(lambda key, node: found.__setitem__(
+            key, (getattr(node, "shape", None), sorted(node.attrs))))
+    return found
+
+
+def test_the_reproduced_keras2_layout_is_the_real_files(tmp_path):
+    with h5py.File(CHARS2VEC, "r") as real:
+        weights = {layer: {key.split("/", 1)[1]: real[f"{layer}/{key}"][()]
+                           for key in real[layer].attrs["weight_names"].astype(str)}
+                   for layer in ("lstm_1", "lstm_2")}
+    copy = write_keras2(tmp_path / "copy.h5", [("input_1", None, None, {}),
+                                                *((k, None, None, v) for k, v in weights.items())],
+                        version="2.2.0", whole_model=False)
+    assert _layout(copy) == _layout(CHARS2VEC)
+
+
+def test_a_real_keras_2_2_file_is_read_and_refused_for_its_hard_sigmoid(tmp_path, capsys):
+    checkpoint = read_checkpoint(CHARS2VEC)
+    assert sorted(checkpoint.lstm_info) == ["lstm_1.", "lstm_2."]
+    info = checkpoint.lstm_info["lstm_1."]
+    assert (info["recurrent_activation"], info["recorded"], info["keras_version"]) == (
+        "hard_sigmoid", False, "2.2.0")
+    assert checkpoint.state_dict["lstm_1.weight_ih_l0"].shape == (200, 59)
+    with pytest.raises(CheckpointError, match="'lstm_2'.*hard_sigmoid.*change its outputs"):
+        jaxlstm.from_checkpoint(CHARS2VEC, "lstm_2.")
+    assert cli.main(["inspect", str(CHARS2VEC)]) == 1
+    captured = capsys.readouterr()
+    assert "lstm_1. !" in captured.out and "hard_sigmoid" in captured.err
+    assert cli.main(["convert", str(CHARS2VEC), str(tmp_path / "x.safetensors"),
+                     "--prefix", "lstm_1."]) == 1
+    assert not (tmp_path / "x.safetensors").exists()
