@@ -594,7 +594,15 @@ def _h5_huge(group, names) -> None:
     group.create_dataset(names[0], shape=(1 << 16, 1 << 16), dtype="f4")  # 16 GiB, no data
 
 
+def _h5_soft_loop(group, names) -> None:
+    import h5py
+
+    del group[names[0]]
+    group[names[0]] = h5py.SoftLink(f"{group.name}/{names[0]}")  # itself
+
+
 HDF5 = [
+    Case("h5-soft-link-loop", lambda d, o: keras_h5(d / "model.h5", _h5_soft_loop), CYCLE),
     Case("h5-external-link", _h5_external_link, ESCAPE),
     Case("h5-external-storage", _h5_external_storage, r"external|" + ESCAPE),
     Case("h5-huge-shape", lambda d, o: keras_h5(d / "model.h5", _h5_huge), HUGE),
