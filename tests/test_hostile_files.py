@@ -1,8 +1,8 @@
 """Hostile checkpoint files: every format the reader reads, crafted as an attacker would.
 
 Each case writes a file with the real tool (``torch.save``, ``torch.jit.save``, safetensors,
-``torch.onnx.export``, ``numpy.savez``) and then tampers with its bytes, or writes the bytes
-itself (``hostile.pickle_bytes``, ``hostile.write_zip``). The suite guarantees, for each case
+``torch.onnx.export``, ``numpy.savez``, h5py) and then tampers with its bytes, or writes the
+bytes itself (``hostile.pickle_bytes``, ``hostile.write_zip``). The suite guarantees, for each case
 and each entry point (``read_checkpoint``, ``jaxlstm.from_checkpoint``, and ``python -m jaxlstm
 inspect`` / ``convert`` / ``parity``), run in a child process with a bounded address space and a
 time limit:

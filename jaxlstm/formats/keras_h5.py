@@ -47,7 +47,9 @@ from jaxlstm.readers.guard import CheckpointError, name, open_zip, read_member
 Info = dict[str, Any]
 """``{"source": "keras", "layer", "class", "activation", "recurrent_activation",
 "recorded" (whether the file states the activations or they are the version's defaults),
-"keras_version", "batch_first", "problem" (why it cannot be ported, or absent)}``."""
+"keras_version", "batch_first", "problem" (why it cannot be ported, or absent)}``.
+``keras_version`` tells which ``hard_sigmoid`` a layer means: ``clip(0.2 x + 0.5, 0, 1)`` up to
+Keras 2 / tf.keras, ``clip(x / 6 + 0.5, 0, 1)`` in Keras 3."""
 LSTM_CLASSES = ("LSTM", "CuDNNLSTM", "LSTMV1", "LSTMV2", "UnifiedLSTM")
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 MAX_CONFIG_BYTES = 64 << 20
