@@ -1,13 +1,14 @@
 """Progress display for the long runs (``jaxlstm parity``, ``jaxlstm bench``).
 
-On a terminal: a ``tqdm`` bar redrawn in place. Piped into a file or a CI log: one plain line
-every ``PIPED_INTERVAL_S`` seconds at most (and at the end), so a log shows the run is alive.
-Both go to stderr, leaving stdout to the report.
+On a terminal: a ``tqdm`` bar redrawn in place. Piped into a file or a CI log: plain lines, one
+every ``PIPED_INTERVAL_S`` seconds (also while a single step runs longer than that) and one at
+the end, so a log shows the run is alive. Both go to stderr, leaving stdout to the report.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -58,5 +59,27 @@ def progress(
     if stream.isatty():
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, mininterval=0.2,
                     dynamic_ncols=True)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=_Lines(stream),
-                mininterval=PIPED_INTERVAL_S, bar_format=PIPED_FORMAT)
+    bar = tqdm(iterable, total=total, desc=desc, unit=unit, file=_Lines(stream),
+               mininterval=PIPED_INTERVAL_S, bar_format=PIPED_FORMAT)
+    _heartbeat(bar, PIPED_INTERVAL_S)
+    return bar
+
+
+def _heartbeat(bar: Any, interval: float) -> None:
+    """Redraws ``bar`` every ``interval`` seconds until it is closed: tqdm itself only draws
+    when a step ends, which can be minutes apart. The elapsed time changes, so each redraw is a
+    new line."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            bar.refresh()
+
+    close = bar.close
+
+    def close_and_stop() -> None:
+        stop.set()
+        close()
+
+    bar.close = close_and_stop
+    threading.Thread(target=beat, name="progress-heartbeat", daemon=True).start()

@@ -41,10 +41,22 @@ except ImportError as error:  # pragma: no cover - exercised in an environment w
         "pip install 'jaxlstm[torch]'"
     ) from error
 
+
 @contextlib.contextmanager
-def _native_path():
-    """oneDNN off for the block; torch's flag switch warns about Intel-GPU TF32, which is noise
-    here (nothing runs on an Intel GPU)."""
+def quiet_torch():
+    """Hides torch's warnings that say nothing about a comparison: its oneDNN path falling back
+    for ``proj_size`` (or warning about TF32 on Intel GPUs), and dropout with one layer, which
+    torch's constructor warns about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*oneDNN.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*dropout.*num_layers.*", category=UserWarning)
+        yield
+
+
+@contextlib.contextmanager
+def native_path():
+    """torch's native ATen path for the block (oneDNN off). torch's flag switch warns about
+    Intel-GPU TF32, which is noise here (nothing runs on an Intel GPU): that warning is hidden."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
         with torch.backends.mkldnn.flags(enabled=False):
@@ -109,13 +121,29 @@ def padding_mask(x: np.ndarray, seq_lengths: Any, batch_first: bool) -> np.ndarr
 
     **Arguments:**
 
-    - ``x``: the padded batch ``(L, N, I)`` (``(N, L, I)`` with ``batch_first``).
-    - ``seq_lengths``: ``(N,)`` valid lengths.
+    - ``x``: the padded batch ``(L, N, I)`` (``(N, L, I)`` with ``batch_first``), or one
+      unbatched sequence ``(L, I)``.
+    - ``seq_lengths``: ``(N,)`` valid lengths (one length for unbatched ``x``).
     - ``batch_first``: the layout of ``x``.
     """
     steps = x.shape[_time_axis(x, batch_first)]
     mask = np.arange(steps)[:, None] >= np.reshape(np.asarray(seq_lengths), (1, -1))  # (T, N)
+    if x.ndim == 2:
+        return mask[:, 0]
     return mask.T if batch_first else mask
+
+
+def nan_padding(x: np.ndarray, seq_lengths: Any, batch_first: bool) -> np.ndarray:
+    """A copy of ``x`` with NaN at its padded steps (``x`` itself when ``seq_lengths`` is None).
+
+    torch's packed sequences never read the padding, so a port must give the same results with
+    NaN there: any leak shows. **Arguments:** as :func:`padding_mask`.
+    """
+    if seq_lengths is None:
+        return x
+    x = np.array(x, copy=True)
+    x[padding_mask(x, seq_lengths, batch_first)] = np.nan
+    return x
 
 
 def run_torch(module: Any, inputs: Inputs, *, native: bool) -> dict[str, np.ndarray]:
@@ -133,7 +161,7 @@ def run_torch(module: Any, inputs: Inputs, *, native: bool) -> dict[str, np.ndar
     hx = None
     if inputs.hx is not None:
         hx = tuple(torch.tensor(a, requires_grad=True) for a in inputs.hx)
-    flags = _native_path() if native else contextlib.nullcontext()
+    flags = native_path() if native else contextlib.nullcontext()
     with flags:
         if _is_cell(module):
             h, c = module(x, hx)
@@ -174,9 +202,8 @@ def run_jax(model: Any, inputs: Inputs) -> dict[str, np.ndarray]:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     is_cell = not hasattr(model.config, "num_layers")
     x = inputs.x
-    if inputs.seq_lengths is not None:
-        x = x.copy()
-        x[padding_mask(x, inputs.seq_lengths, model.config.batch_first)] = np.nan
+    if inputs.seq_lengths is not None:  # an LSTM's (a cell takes no lengths)
+        x = nan_padding(x, inputs.seq_lengths, model.config.batch_first)
     seq_lengths = None if inputs.seq_lengths is None else jnp.asarray(inputs.seq_lengths)
     cotangents = inputs.cotangents
 

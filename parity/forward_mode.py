@@ -12,7 +12,6 @@ sequence on its own, cut to its length, which is what packing computes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -21,11 +20,44 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from jaxlstm import functional
+from jaxlstm import functional, testing
+from jaxlstm.arrays import to_numpy
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
-from jaxlstm.porting import infer_config, to_numpy
 from parity import properties, runner
 from parity.properties import PropertyCase
+
+SMALL = dict(input_size=3, hidden_size=4, seq_len=5, batch=3)
+
+
+def grid(full: bool = False) -> list[PropertyCase]:
+    """The forward-mode cases. The default: layers, directions, ``proj_size``, no bias,
+    ``batch_first``, ``seq_lengths``, ``remat``, wavefront, unbatched input and the cell, each at
+    least once. The full grid: every configuration on its own, and loop unrolling."""
+    if not full:
+        return [
+            PropertyCase(**SMALL, num_layers=2, bidirectional=True, proj_size=2, bias=False,
+                         batch_first=True, packed=True, lengths=(1, 5, 3), remat=3),
+            PropertyCase(**SMALL, num_layers=3, proj_size=2, packed=True, lengths=(5, 1, 3),
+                         wavefront=True),
+            PropertyCase(**SMALL | dict(batch=None), bidirectional=True, packed=True,
+                         lengths=(3,), with_hx=False),
+            PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=2),
+        ]
+    return [
+        PropertyCase(**SMALL),
+        PropertyCase(**SMALL, num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
+        PropertyCase(**SMALL, bias=False, with_hx=False, unroll=2),
+        PropertyCase(**SMALL, bidirectional=True, proj_size=2, packed=True, lengths=(5, 2, 4)),
+        PropertyCase(**SMALL | dict(batch=None), bidirectional=True, packed=True, lengths=(3,)),
+        PropertyCase(**SMALL, num_layers=2, bidirectional=True, remat=2),
+        PropertyCase(**SMALL, bidirectional=True, batch_first=True, packed=True,
+                     lengths=(1, 5, 3), remat=3),
+        PropertyCase(**SMALL, num_layers=3, proj_size=2, packed=True, lengths=(5, 1, 3),
+                     wavefront=True),
+        PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=2),
+        PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=None, bias=False,
+                     with_hx=False),
+    ]
 
 
 class Tangents(NamedTuple):
@@ -129,18 +161,8 @@ def jax_jvp(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs,
             tangents: Tangents) -> dict[str, np.ndarray]:
     """jaxlstm's output tangents on the torch module's weights, keyed like :func:`torch_jvp`.
     The padding of the input and of its tangent is NaN: it must not reach anything."""
-    params = {name: to_numpy(value) for name, value in module.state_dict().items()}
-    config = infer_config(params)
-    if isinstance(config, LSTMConfig):
-        config = dataclasses.replace(config, batch_first=case.batch_first)
-    x, dx = inputs.x, tangents.x
-    seq_lengths = inputs.seq_lengths
-    if seq_lengths is not None:
-        mask = runner.padding_mask(case, seq_lengths)
-        x, dx = x.copy(), dx.copy()
-        x[mask], dx[mask] = np.nan, np.nan
-        if case.batch is None:
-            seq_lengths = seq_lengths.reshape(())
+    params, config, x, seq_lengths = properties.port(module, case, inputs)
+    dx = testing.nan_padding(tangents.x, inputs.seq_lengths, case.batch_first)
     pushforward = _jax_jvp(config, case.unroll, case.remat or False, case.chunk_rows,
                            case.wavefront)
     out = pushforward((params, x, inputs.hx), (tangents.params, dx, tangents.hx), seq_lengths)
@@ -159,8 +181,8 @@ def run_forward_mode_case(case: PropertyCase, dtype: str, seed: int) -> list[run
     with properties.single_thread_torch():
         expected = torch_jvp(module, case, inputs, tangents)
         errors = {k: runner.relative_error(actual[k], expected[k]) for k in expected}
-        results = [runner.Result(case, dtype, "native", errors)]
+        results = [runner.Result(case, dtype, "native", errors, check="jvp")]
         tangents64 = jax.tree.map(lambda a: np.asarray(a, np.float64), tangents)
-        runner.check_against_float64(results, actual, module, inputs,
-                                     lambda m, i: torch_jvp(m, case, i, tangents64))
+        testing.check_against_float64(results, actual, module, inputs,
+                                      lambda m, i: torch_jvp(m, case, i, tangents64))
     return results

@@ -1,4 +1,12 @@
-"""The configurations the parity suite checks against torch."""
+"""The configurations whose outputs and gradients the parity suite checks against torch.
+
+``grid()`` is the default run's (and CI's): every feature at least once — 1–3 layers, both
+directions, ``proj_size``, no bias, ``batch_first``, unbatched input, with and without
+``(h0, c0)``, dropout (eval mode), packed sequences, ``remat``, the wavefront, the cell.
+``grid(full=True)`` is the full grid: every combination of layers, directions, projection,
+bias and layout, and longer sequences. The forward-mode and dropout-mask cases are in
+:mod:`parity.forward_mode` and :mod:`parity.dropout`.
+"""
 
 from __future__ import annotations
 
@@ -117,5 +125,5 @@ def _cell_cases(full: bool) -> list[Case]:
 
 
 def grid(full: bool = False) -> list[Case]:
-    """The quick grid (CI) or the full grid."""
+    """The default grid (what ``python -m parity`` and CI run) or the full grid (``--full``)."""
     return _lstm_cases(full) + _cell_cases(full)

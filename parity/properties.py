@@ -1,21 +1,16 @@
-"""Random configurations checked against real torch: hypothesis strategies and the runner.
+"""Random configurations checked against real torch: the case and its runner.
 
 A drawn :class:`PropertyCase` is a parity :class:`~parity.grid.Case` plus explicit per-sequence
 lengths and the ``unroll``/``remat`` schedule. :func:`run_property_case` builds the real
 ``torch.nn.LSTM``/``LSTMCell`` with :func:`parity.runner.torch_module`, runs it with
-:func:`parity.runner.run_torch` (packed input via ``pack_padded_sequence`` when there are
+:func:`jaxlstm.testing.run_torch` (packed input via ``pack_padded_sequence`` when there are
 lengths), and compares ``output``, ``h_n``, ``c_n`` and every gradient with
 :func:`jaxlstm.functional.lstm` / :func:`~jaxlstm.functional.lstm_cell` run on the torch
 ``state_dict`` (the parameter dict *is* the state dict, so that is the port). The module shells
 and ``from_torch`` are covered by the parity grid; here each example has to be cheap, and
 building a module compiles its random initialisation once per new shape. For the same reason
-the jitted gradient is compiled with :data:`FAST_COMPILE`.
-
-Profiles: the tests use :func:`property_settings`, which reads ``HYPOTHESIS_PROFILE``:
-unset or ``ci`` is a fixed-seed run of the number of examples each test asks for; ``long`` is a
-fresh random run of :data:`LONG_EXAMPLES` examples per test::
-
-    HYPOTHESIS_PROFILE=long python -m pytest -q tests/test_properties.py
+the jitted gradient is compiled with :data:`FAST_COMPILE`. The hypothesis strategies that
+draw these cases are in :mod:`parity.strategies`.
 """
 
 from __future__ import annotations
@@ -23,53 +18,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
 
-from jaxlstm import functional
+from jaxlstm import functional, testing
 from jaxlstm.arrays import infer_config, to_numpy
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
 from parity import runner
 from parity.grid import Case
 
-LONG_EXAMPLES = 5000
 # Each example has new shapes, so compiling is most of its cost. These XLA CPU options cut compile
 # time about eightfold; they change how fast the code runs, not what it computes (results agree
 # with the default build to float rounding; the parity grid runs the default build).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 DTYPES = ("float32", "float64")
-
-settings.register_profile(
-    "ci", derandomize=True, deadline=None, database=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "long", max_examples=LONG_EXAMPLES, derandomize=False, deadline=None, database=None,
-    print_blob=True, suppress_health_check=[HealthCheck.too_slow],
-)
-
-
-def property_settings(ci_examples: int) -> settings:
-    """Hypothesis settings for one property test.
-
-    **Arguments:**
-
-    - ``ci_examples``: examples per run under the default ``ci`` profile (fixed seed, so every CI
-      run checks the same configurations). ``HYPOTHESIS_PROFILE=long`` runs
-      :data:`LONG_EXAMPLES` fresh random examples instead.
-    """
-    name = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-    if name not in ("ci", "long"):
-        raise ValueError(f"HYPOTHESIS_PROFILE must be 'ci' or 'long', got {name!r}")
-    if name == "long":
-        return settings(settings.get_profile("long"))
-    return settings(settings.get_profile("ci"), max_examples=ci_examples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,73 +54,14 @@ class PropertyCase(Case):
 
     @property
     def name(self) -> str:
-        name = super().name + f" I{self.input_size} H{self.hidden_size}"
+        name = super().name
+        if self.kind == "lstm":  # a cell's name has its sizes already
+            name += f" I{self.input_size} H{self.hidden_size}"
         if self.unroll != 1:
             name += f" unroll{self.unroll}"
         if self.chunk_rows != functional.DEFAULT_CHUNK_ROWS:
             name += f" chunk_rows{self.chunk_rows}"
         return name + (f" lengths={list(self.lengths)}" if self.lengths else "")
-
-
-@st.composite
-def lstm_cases(draw: st.DrawFn, max_seq_len: int = 64, max_batch: int = 8,
-               max_size: int = 32) -> PropertyCase:
-    """Random ``nn.LSTM`` configurations and input shapes.
-
-    1–3 layers, either direction, ``proj_size`` (0 or 1..H-1), bias on/off, ``batch_first``,
-    ``N`` in 1..``max_batch`` (unbatched one time in three), with/without ``(h0, c0)``, ``T`` in
-    1..``max_seq_len``, sizes in 1..``max_size``, and half the time random lengths in 1..T;
-    scan ``unroll`` 1–3, ``remat`` off or with a chunk length in 1..T+2, and for stacked
-    unidirectional layers without remat, ``wavefront`` half the time.
-    """
-    hidden_size = draw(st.integers(1, max_size))
-    proj_size = 0
-    if hidden_size > 1 and draw(st.booleans()):
-        proj_size = draw(st.integers(1, hidden_size - 1))
-    seq_len = draw(st.integers(1, max_seq_len))
-    # Batched input two times in three: unbatched input is the rarer case in use.
-    batch = draw(st.integers(1, max_batch)) if draw(st.sampled_from([True, True, False])) else None
-    lengths = None
-    if draw(st.booleans()):
-        count = 1 if batch is None else batch
-        lengths = tuple(draw(st.lists(st.integers(1, seq_len), min_size=count, max_size=count)))
-    remat = draw(st.integers(1, seq_len + 2)) if draw(st.sampled_from([0, 0, 1])) else 0
-    num_layers = draw(st.integers(1, 3))
-    bidirectional = draw(st.booleans())
-    return PropertyCase(
-        input_size=draw(st.integers(1, max_size)),
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        bias=draw(st.booleans()),
-        batch_first=draw(st.booleans()),
-        bidirectional=bidirectional,
-        proj_size=proj_size,
-        seq_len=seq_len,
-        batch=batch,
-        with_hx=draw(st.booleans()),
-        packed=lengths is not None,
-        lengths=lengths,
-        unroll=draw(st.sampled_from([1, 1, 2, 3])),
-        remat=remat,
-        wavefront=num_layers > 1 and not bidirectional and not remat and draw(st.booleans()),
-    )
-
-
-@st.composite
-def cell_cases(draw: st.DrawFn, max_batch: int = 8, max_size: int = 32) -> PropertyCase:
-    """Random ``nn.LSTMCell`` configurations: sizes, bias, batched or not, with/without hx."""
-    return PropertyCase(
-        kind="cell",
-        input_size=draw(st.integers(1, max_size)),
-        hidden_size=draw(st.integers(1, max_size)),
-        bias=draw(st.booleans()),
-        batch=draw(st.none() | st.integers(1, max_batch)),
-        with_hx=draw(st.booleans()),
-    )
-
-
-seeds = st.integers(0, 2**31 - 1)
-dtypes = st.sampled_from(DTYPES)
 
 
 def make_inputs(case: PropertyCase, dtype: str, seed: int) -> runner.Inputs:
@@ -181,9 +87,9 @@ def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
              chunk_rows: int, wavefront: bool = False):
     """``jit(grad)`` of the parity loss for one config, and ``jit`` of the forward pass alone
     (a separate code path: it never saves anything for a backward pass); jit's own cache
-    handles the shapes."""
+    handles the shapes. A ``dropout_rng`` turns dropout on (training mode) with that key."""
 
-    def loss_fn(params, x, hx, seq_lengths, cotangents):
+    def loss_fn(params, x, hx, seq_lengths, cotangents, dropout_rng):
         if isinstance(config, LSTMCellConfig):
             h, c = functional.lstm_cell(params, x, hx, config=config)
             outputs = {"h": h, "c": c}
@@ -191,7 +97,8 @@ def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
             out, (h_n, c_n) = functional.lstm(params, x, hx, config=config,
                                               seq_lengths=seq_lengths, unroll=unroll,
                                               remat=remat, chunk_rows=chunk_rows,
-                                              wavefront=wavefront)
+                                              wavefront=wavefront, dropout_rng=dropout_rng,
+                                              deterministic=dropout_rng is None)
             outputs = {"output": out, "h_n": h_n, "c_n": c_n}
         loss = sum(jnp.sum(cotangents[k] * v) for k, v in outputs.items())
         return loss, outputs
@@ -202,23 +109,34 @@ def _jax_fns(config: LSTMConfig | LSTMCellConfig, unroll: int, remat: int | bool
     return grad, forward
 
 
-def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs) -> dict:
-    """jaxlstm's values and gradients on the torch module's weights, keyed like the runner's."""
+def port(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs):
+    """What :mod:`jaxlstm.functional` is called with for ``case``: the torch module's weights
+    (the params dict *is* its ``state_dict``), its config with the case's layout and dropout
+    (which act only when :func:`run_jax` is given a ``dropout_rng``), the input with
+    NaN in the padding (torch never sees it, so it must not change anything here either; see
+    :func:`jaxlstm.testing.nan_padding`), and the lengths (a scalar for unbatched input).
+
+    **Returns:** ``(params, config, x, seq_lengths)``.
+    """
     params = {name: to_numpy(value) for name, value in module.state_dict().items()}
     config = infer_config(params)
     if isinstance(config, LSTMConfig):
-        config = dataclasses.replace(config, batch_first=case.batch_first)
-    x = inputs.x
-    if inputs.seq_lengths is not None:
-        # Poison the padding: torch never sees it, so it must not change anything here either.
-        x = x.copy()
-        x[runner.padding_mask(case, inputs.seq_lengths)] = np.nan
+        config = dataclasses.replace(config, batch_first=case.batch_first, dropout=case.dropout)
+    x = testing.nan_padding(inputs.x, inputs.seq_lengths, case.batch_first)
     seq_lengths = inputs.seq_lengths
     if seq_lengths is not None and case.batch is None:
         seq_lengths = seq_lengths.reshape(())
+    return params, config, x, seq_lengths
+
+
+def run_jax(module: torch.nn.Module, case: PropertyCase, inputs: runner.Inputs,
+            dropout_rng: jax.Array | None = None) -> dict:
+    """jaxlstm's values and gradients on the torch module's weights, keyed like the runner's;
+    with ``dropout_rng``, in training mode with dropout drawn from that key."""
+    params, config, x, seq_lengths = port(module, case, inputs)
     grad, forward = _jax_fns(config, case.unroll, case.remat or False, case.chunk_rows,
                              case.wavefront)
-    args = (params, x, inputs.hx, seq_lengths, inputs.cotangents)
+    args = (params, x, inputs.hx, seq_lengths, inputs.cotangents, dropout_rng)
     (grad_params, grad_x, grad_hx), outputs = grad(*args)
     values = {k: np.asarray(v) for k, v in outputs.items()}
     values.update({runner.forward_only(k): np.asarray(v) for k, v in forward(*args).items()})
@@ -237,10 +155,9 @@ def _run_torch_unbatched(module: torch.nn.Module, case: PropertyCase, inputs: ru
     running the valid prefix, and the padded output and its input gradient are zero.
     """
     (length,) = case.lengths
-    short = dataclasses.replace(case, seq_len=length, packed=False, lengths=None)
     cotangents = dict(inputs.cotangents, output=inputs.cotangents["output"][:length])
     prefix = runner.Inputs(inputs.x[:length], inputs.hx, None, cotangents)
-    values = runner.run_torch(module, short, prefix, native)
+    values = testing.run_torch(module, prefix, native=native)
     for key, full in (("output", inputs.cotangents["output"]), ("grad input", inputs.x)):
         padded = np.zeros(full.shape[:1] + values[key].shape[1:], values[key].dtype)
         padded[:length] = values[key]
@@ -256,8 +173,9 @@ def run_property_case(case: PropertyCase, dtype: str, seed: int) -> list[runner.
         actual = run_jax(module, case, inputs)
     results = []
     for path, expected in run_torch(module, case, dtype, inputs).items():
-        results.append(runner.compare(case, dtype, path, actual, expected))
-    runner.check_against_float64(
+        found = testing.compare_values(dtype, path, actual, expected)
+        results.append(runner.Result(case, dtype, path, found.errors))
+    testing.check_against_float64(
         results, actual, module, inputs,
         lambda m, i: run_torch(m, case, "float64", i)["native"],
     )
@@ -278,7 +196,7 @@ def run_torch(module: torch.nn.Module, case: PropertyCase, dtype: str,
             if case.lengths is not None and case.batch is None:
                 values[path] = _run_torch_unbatched(module, case, inputs, native)
             else:
-                values[path] = runner.run_torch(module, case, inputs, native)
+                values[path] = testing.run_torch(module, inputs, native=native)
             module.zero_grad(set_to_none=True)
     return values
 
@@ -304,7 +222,7 @@ def describe_failures(results: list[runner.Result]) -> str:
             truth = result.truth_errors.get(worst)
             against_truth = "" if truth is None else f" (against float64: {truth:.2e})"
             lines.append(
-                f"{result.case.name} {result.dtype} vs torch {result.torch_path}: {worst} "
+                f"{result.name} {result.dtype} vs torch {result.torch_path}: {worst} "
                 f"error {result.errors[worst]:.2e} > {result.tolerance:.0e}{against_truth}"
             )
     return "\n".join(lines)

@@ -13,12 +13,6 @@ import torch
 import jaxlstm
 from parity.runner import TOLERANCE, Result
 
-
-def _worst(errors: dict[str, float], prefix: str) -> float:
-    values = [v for k, v in errors.items() if k.startswith(prefix)]
-    return max(values) if values else float("nan")
-
-
 COLUMNS = [
     ("out", ("output", "h")),
     ("h_n", ("h_n",)),
@@ -30,12 +24,16 @@ COLUMNS = [
 
 
 def _column(errors: dict[str, float], keys: Sequence[str]) -> float:
-    values = [v for k, v in errors.items() if any(k == p or k.startswith(p + "_") for p in keys)]
+    """The worst error of the tensors in a column (forward mode's ``jvp output`` is ``output``'s
+    tangent, and shown as the output)."""
+    values = [v for k, v in errors.items()
+              if any((name := k.removeprefix("jvp ")) == p or name.startswith(p + "_")
+                     for p in keys)]
     return max(values) if values else float("nan")
 
 
 def table(results: Sequence[Result]) -> str:
-    width = max(len(r.case.name) for r in results)
+    width = max(len(r.name) for r in results)
     head = f"{'config':<{width}}  {'dtype':<7} {'torch':<6} " + " ".join(
         f"{name:>8}" for name, _ in COLUMNS
     ) + "  status"
@@ -46,18 +44,20 @@ def table(results: Sequence[Result]) -> str:
             for _, keys in COLUMNS
         )
         status = "FAIL" if not r.passed else "pass*" if r.failing_against_torch else "pass"
-        lines.append(f"{r.case.name:<{width}}  {r.dtype:<7} {r.torch_path:<6} {cells}  {status}")
+        lines.append(f"{r.name:<{width}}  {r.dtype:<7} {r.torch_path:<6} {cells}  {status}")
     return "\n".join(lines)
 
 
 def summary(results: Sequence[Result]) -> str:
+    """One line: comparisons passed out of run (a comparison is one configuration in one dtype
+    against one torch CPU path, what the progress bar counts), configurations, worst errors."""
     passed = sum(r.passed for r in results)
     worst = []
     for dtype in TOLERANCE:
         errs = [max(r.errors.values()) for r in results if r.dtype == dtype]
         if errs:
             worst.append(f"worst {dtype} error {max(errs):.1e} (tolerance {TOLERANCE[dtype]:.0e})")
-    cases = len({r.case for r in results})
+    configurations = len({(r.check, r.case) for r in results})
     starred = sum(bool(r.passed and r.failing_against_torch) for r in results)
     if starred:
         worst.append(
@@ -65,8 +65,9 @@ def summary(results: Sequence[Result]) -> str:
             "larger there; within it of the float64 result)"
         )
     return (
-        f"parity: {passed}/{len(results)} comparisons passed over {cases} configurations; "
-        + "; ".join(worst)
+        f"parity: {passed}/{len(results)} comparisons passed over {configurations} "
+        "configurations (a comparison: one configuration in one dtype against one torch CPU "
+        "path); " + "; ".join(worst)
     )
 
 

@@ -10,7 +10,6 @@ the gradients of one scalar loss with respect to every weight, the input and ``(
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -27,17 +26,30 @@ __all__ = ["TOLERANCE", "Inputs", "Result", "forward_only", "relative_error", "r
 TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 
 
+CHECKS = {"values": "", "jvp": "jvp ", "dropout": "train "}
+"""What a result checks, and how its row is named: ``values`` (outputs and gradients),
+``jvp`` (forward mode, :mod:`parity.forward_mode`), ``dropout`` (training mode with dropout's
+masks, :mod:`parity.dropout`)."""
+
+
 class Result(testing.Comparison):
-    """A :class:`jaxlstm.testing.Comparison` of one grid case."""
+    """A :class:`jaxlstm.testing.Comparison` of one grid case: one comparison."""
 
     def __init__(self, case: Case, dtype: str, torch_path: str, errors: dict[str, float],
-                 truth_errors: dict[str, float] | None = None):
+                 truth_errors: dict[str, float] | None = None, check: str = "values"):
         super().__init__(dtype, torch_path, errors, dict(truth_errors or {}))
         self.case = case
+        self.check = check
+
+    @property
+    def name(self) -> str:
+        """The case's name, after ``jvp``/``train`` for the forward-mode and dropout checks."""
+        return CHECKS[self.check] + self.case.name
 
     def to_json(self) -> dict:
         return {
-            "case": self.case.name,
+            "case": self.name,
+            "check": self.check,
             "config": dataclasses.asdict(self.case),
             "dtype": self.dtype,
             "torch_path": self.torch_path,
@@ -95,42 +107,11 @@ def torch_module(case: Case, dtype: str, seed: int) -> torch.nn.Module:
     return module.to(TORCH_DTYPE[dtype]).eval()
 
 
-def padding_mask(case: Case, lengths: np.ndarray) -> np.ndarray:
-    """True at padded steps, shaped like the input without its feature axis."""
-    mask = np.arange(case.seq_len)[:, None] >= np.reshape(lengths, (1, -1))  # (T, N)
-    if case.batch is None:
-        return mask[:, 0]
-    return mask.T if case.batch_first else mask
-
-
-def run_torch(module: torch.nn.Module, case: Case, inputs: Inputs, native: bool) -> dict:
-    """torch's outputs and gradients for one case (see :func:`jaxlstm.testing.run_torch`)."""
-    del case  # the module and inputs say everything
-    return testing.run_torch(module, inputs, native=native)
-
-
-def run_jax(module: torch.nn.Module, case: Case, inputs: Inputs) -> dict:
-    """jaxlstm's outputs and gradients for one case, ported from ``module``."""
-    return testing.run_jax(jaxlstm.from_torch(module, **schedule(case)), inputs)
-
-
 def schedule(case: Case) -> dict:
     """The ``from_torch`` options that say how ``case`` runs (an LSTM's remat and wavefront)."""
     if case.kind != "lstm":
         return {}
     return {"remat": case.remat, "wavefront": case.wavefront}
-
-
-def compare(case: Case, dtype: str, path: str, actual: dict, expected: dict) -> Result:
-    """:func:`jaxlstm.testing.compare_values` of one case."""
-    found = testing.compare_values(dtype, path, actual, expected)
-    return Result(case, found.dtype, found.torch_path, found.errors)
-
-
-def check_against_float64(results: list[Result], actual: dict, module: torch.nn.Module,
-                          inputs: Inputs, run: Callable[[torch.nn.Module, Inputs], dict]) -> None:
-    """See :func:`jaxlstm.testing.check_against_float64`."""
-    testing.check_against_float64(results, actual, module, inputs, run)
 
 
 def run_case(case: Case, dtype: str, seed: int = 0) -> list[Result]:

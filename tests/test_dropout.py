@@ -3,7 +3,8 @@
 At p = 1 torch's own ``nn.LSTM`` is deterministic (every inter-layer activation is zero), so the
 ported module is compared with it directly. At p = 0.5 the masks are random; torch computes the
 same thing when its layers run one by one with jaxlstm's documented masks applied between them
-(``functional.lstm``: layer ``k``'s mask is ``bernoulli(fold_in(dropout_rng, k), 1 - p)``).
+(``functional.lstm``: layer ``k``'s mask is ``bernoulli(fold_in(dropout_rng, k), 1 - p)``;
+``parity/dropout.py`` runs torch so, and ``python -m parity`` compares it too).
 """
 
 import jax
@@ -14,7 +15,8 @@ import torch
 from flax import nnx
 
 import jaxlstm
-from jaxlstm import functional
+from jaxlstm import functional, testing
+from parity import dropout
 
 T, N, INPUT, HIDDEN = 6, 3, 3, 5
 LENGTHS = np.array([6, 2, 4])
@@ -37,45 +39,6 @@ def _input(packed):
     if packed:
         x[LENGTHS[1]:, 1] = np.nan  # padding never reaches a value or a gradient
     return x
-
-
-def _torch_reference(module, x, masks, lengths, scale):
-    """``module`` run layer by layer in torch, ``masks[k] * scale`` applied to layer k's output.
-
-    Returns the output, ``h_n``, ``c_n`` and the gradients of ``sum(output) + sum(h_n) +
-    sum(c_n)`` w.r.t. the input and every weight, keyed by torch's names.
-    """
-    config = jaxlstm.from_torch(module).config
-    directions = 2 if config.bidirectional else 1
-    x_t = torch.tensor(np.nan_to_num(x), requires_grad=True)
-    layers, outputs = [], x_t
-    h_n, c_n = [], []
-    for k in range(config.num_layers):
-        layer = torch.nn.LSTM(outputs.shape[-1], config.hidden_size, proj_size=config.proj_size,
-                              bidirectional=config.bidirectional).double()
-        names = [n.replace("_l0", f"_l{k}") for n, _ in layer.named_parameters()]
-        layer.load_state_dict({n: module.state_dict()[m] for n, m in
-                               zip([n for n, _ in layer.named_parameters()], names)})
-        layers.append((layer, names))
-        if lengths is None:
-            outputs, (h, c) = layer(outputs)
-        else:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(
-                outputs, torch.as_tensor(lengths), enforce_sorted=False)
-            outputs, (h, c) = layer(packed)
-            outputs, _ = torch.nn.utils.rnn.pad_packed_sequence(outputs, total_length=T)
-        h_n.append(h)
-        c_n.append(c)
-        if k < config.num_layers - 1:
-            outputs = outputs * torch.from_numpy(np.asarray(masks[k], np.float64)) * scale
-    h_n, c_n = torch.cat(h_n), torch.cat(c_n)
-    assert h_n.shape[0] == directions * config.num_layers
-    (outputs.sum() + h_n.sum() + c_n.sum()).backward()
-    grads = {"x": x_t.grad.numpy()}
-    for layer, names in layers:
-        for (_, param), name in zip(layer.named_parameters(), names):
-            grads[name] = param.grad.numpy()
-    return outputs.detach().numpy(), h_n.detach().numpy(), c_n.detach().numpy(), grads
 
 
 def _ours(model, x, lengths, key, wavefront):
@@ -125,10 +88,14 @@ def test_training_dropout_values_and_gradients_match_torch(p, layers, proj, bidi
     key = jax.random.key(7)
     out, h, c, grads = _ours(model, x, lengths, key, wavefront)
     shape = (T, N, model.config.num_directions * model.config.output_size)
-    masks = [jax.random.bernoulli(jax.random.fold_in(key, k), 1 - p, shape)
-             for k in range(layers - 1)]
-    scale = 0.0 if p == 1 else 1 / (1 - p)
-    t_out, t_h, t_c, t_grads = _torch_reference(module, x, masks, lengths, scale)
+    keep = dropout.masks(key, p, layers, shape)
+    ones = {"output": np.ones_like(out), "h_n": np.ones_like(h), "c_n": np.ones_like(c)}
+    # torch running its layers one by one with these masks (the same loss: the sum of all)
+    expected = dropout.torch_reference(
+        module, testing.Inputs(np.nan_to_num(x), None, lengths, ones), keep, p)
+    t_out, t_h, t_c = expected["output"], expected["h_n"], expected["c_n"]
+    t_grads = {"x": expected.pop("grad input")}
+    t_grads |= {k.removeprefix("grad "): v for k, v in expected.items() if k.startswith("grad ")}
     np.testing.assert_allclose(out, t_out, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(h, t_h, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(c, t_c, rtol=1e-10, atol=1e-12)

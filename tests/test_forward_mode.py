@@ -21,24 +21,10 @@ from parity import forward_mode, properties, runner
 from parity.properties import PropertyCase
 
 DTYPES = ["float32", "float64"]
-SMALL = dict(input_size=3, hidden_size=4, seq_len=5, batch=3)
+SMALL = forward_mode.SMALL
 # Every configuration: layers, directions, proj_size, bias, seq_lengths, remat (with a padded
 # last chunk), wavefront, unbatched, batch_first, loop unroll; and the cell.
-CASES = [
-    PropertyCase(**SMALL),
-    PropertyCase(**SMALL, num_layers=2, bidirectional=True, proj_size=2, batch_first=True),
-    PropertyCase(**SMALL, bias=False, with_hx=False, unroll=2),
-    PropertyCase(**SMALL, bidirectional=True, proj_size=2, packed=True, lengths=(5, 2, 4)),
-    PropertyCase(**dict(SMALL, batch=None), bidirectional=True, packed=True, lengths=(3,)),
-    PropertyCase(**SMALL, num_layers=2, bidirectional=True, remat=2),
-    PropertyCase(**SMALL, bidirectional=True, batch_first=True, packed=True, lengths=(1, 5, 3),
-                 remat=3),
-    PropertyCase(**SMALL, num_layers=3, proj_size=2, packed=True, lengths=(5, 1, 3),
-                 wavefront=True),
-    PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=2),
-    PropertyCase(kind="cell", input_size=3, hidden_size=4, batch=None, bias=False,
-                 with_hx=False),
-]
+CASES = forward_mode.grid(full=True)
 
 
 def check(results):

@@ -6,7 +6,7 @@ Every example builds a real ``torch.nn.LSTM`` / ``LSTMCell`` of a drawn configur
 ``(h0, c0)`` with jaxlstm on the same weights; the forward-mode tests compare ``jax.jvp`` with
 ``torch.func.jvp`` along random tangents of all of those (``parity/forward_mode.py``). CI runs
 a fixed seed; ``HYPOTHESIS_PROFILE=long`` runs thousands of fresh examples (see
-``parity/properties.py``).
+``parity/strategies.py``).
 """
 
 import warnings
@@ -14,7 +14,7 @@ import warnings
 import pytest
 from hypothesis import event, example, given
 
-from parity import forward_mode, properties
+from parity import forward_mode, properties, strategies
 from parity.properties import PropertyCase
 
 # A counterexample becomes a fixed regression as an ``@example(case=PropertyCase(...),
@@ -42,39 +42,50 @@ def check(case: PropertyCase, dtype: str, seed: int, run=properties.run_property
 @example(
     case=PropertyCase(input_size=1, hidden_size=32, bias=False, bidirectional=True, seq_len=52,
                       batch=None, with_hx=False, packed=True, lengths=(1,)),
-    dtype="float32", seed=1,
+    seed=1,
 )
-@properties.property_settings(ci_examples=200)
-@given(case=properties.lstm_cases(), dtype=properties.dtypes, seed=properties.seeds)
-def test_lstm_matches_torch_on_random_configurations(case, dtype, seed):
-    check(case, dtype, seed)
+@strategies.property_settings(ci_examples=100, long_examples=strategies.LONG_EXAMPLES // 2)
+@given(case=strategies.lstm_cases(), seed=strategies.seeds)
+def test_lstm_matches_torch_on_random_configurations_float32(case, seed):
+    check(case, "float32", seed)
 
 
-@properties.property_settings(ci_examples=40)
-@given(case=properties.cell_cases(), dtype=properties.dtypes, seed=properties.seeds)
+# The LSTM property is two tests, one per dtype, so that they run side by side on two workers:
+# 200 drawn configurations in all, as one test drawing the dtype too would check.
+@strategies.property_settings(ci_examples=100, long_examples=strategies.LONG_EXAMPLES // 2)
+@given(case=strategies.lstm_cases(), seed=strategies.seeds)
+def test_lstm_matches_torch_on_random_configurations_float64(case, seed):
+    check(case, "float64", seed)
+
+
+@strategies.property_settings(ci_examples=40)
+@given(case=strategies.cell_cases(), dtype=strategies.dtypes,
+       seed=strategies.seeds)
 def test_cell_matches_torch_on_random_configurations(case, dtype, seed):
     check(case, dtype, seed)
 
 
-@properties.property_settings(ci_examples=15)
-@given(case=properties.lstm_cases(max_seq_len=24), dtype=properties.dtypes,
-       seed=properties.seeds)
+@strategies.property_settings(ci_examples=15)
+@given(case=strategies.lstm_cases(max_seq_len=24), dtype=strategies.dtypes,
+       seed=strategies.seeds)
 def test_lstm_forward_mode_matches_torch_on_random_configurations(case, dtype, seed):
     check(case, dtype, seed, forward_mode.run_forward_mode_case)
 
 
-@properties.property_settings(ci_examples=10)
-@given(case=properties.cell_cases(), dtype=properties.dtypes, seed=properties.seeds)
+@strategies.property_settings(ci_examples=10)
+@given(case=strategies.cell_cases(), dtype=strategies.dtypes,
+       seed=strategies.seeds)
 def test_cell_forward_mode_matches_torch_on_random_configurations(case, dtype, seed):
     check(case, dtype, seed, forward_mode.run_forward_mode_case)
 
 
 def test_property_profiles_select_the_example_count(monkeypatch):
     monkeypatch.delenv("HYPOTHESIS_PROFILE", raising=False)
-    assert properties.property_settings(200).max_examples == 200
-    assert properties.property_settings(200).derandomize
+    assert strategies.property_settings(200).max_examples == 200
+    assert strategies.property_settings(200).derandomize
     monkeypatch.setenv("HYPOTHESIS_PROFILE", "long")
-    assert properties.property_settings(200).max_examples == properties.LONG_EXAMPLES
+    assert strategies.property_settings(200).max_examples == strategies.LONG_EXAMPLES
+    assert strategies.property_settings(200, long_examples=7).max_examples == 7
     monkeypatch.setenv("HYPOTHESIS_PROFILE", "lnog")
     with pytest.raises(ValueError, match="HYPOTHESIS_PROFILE must be 'ci' or 'long'"):
-        properties.property_settings(200)
+        strategies.property_settings(200)
