@@ -2,7 +2,7 @@
 # The GPU check in one run. It installs nothing: it needs jax and torch with CUDA, flax and
 # numpy (matplotlib for the chart, pytest for the cuDNN candidate's check; each is skipped
 # when missing). In order:
-#   1. parity in float32 with full-precision matmuls, quick grid (jaxlstm on the GPU, torch on
+#   1. parity in float32 with full-precision matmuls, default grid (jaxlstm on the GPU, torch on
 #      the CPU);
 #   2. the cuDNN candidate (jax.experimental.rnn) against torch, when pytest is there;
 #   3. the GPU table: torch cuDNN with TF32 off and with its defaults, jax.experimental.rnn,
@@ -26,11 +26,12 @@ print("jax", jax.__version__, jax.devices(), "torch", torch.__version__)
 assert jax.default_backend() == "gpu", "JAX sees no GPU"
 assert torch.cuda.is_available(), "torch sees no GPU"
 PY
-python -m parity --quick --dtype float32 --json "$OUT/parity-gpu.json" > "$OUT/parity.txt" 2>&1 \
+python -m parity --dtype float32 --json "$OUT/parity-gpu.json" > "$OUT/parity.txt" 2>&1 \
     || status=1
 tail -n 3 "$OUT/parity.txt"
 if python -c "import pytest" 2>/dev/null; then
-    python -m pytest -q tests/test_benchmarks.py -k cudnn > "$OUT/cudnn-check.txt" 2>&1 || status=1
+    # -o addopts=: pyproject's -n auto needs pytest-xdist, which this machine may lack.
+    python -m pytest -q -o addopts= tests/test_benchmarks.py -k cudnn > "$OUT/cudnn-check.txt" 2>&1 || status=1
     tail -n 3 "$OUT/cudnn-check.txt"
 fi
 python -m benchmarks --shapes gpu "$@" --json "$OUT/results.json" --png "$OUT/results.png" \

@@ -25,6 +25,8 @@ SUITES = {
     "bench": "run the benchmark suite; options: jaxlstm bench --help",
 }
 SUITE_PACKAGES = {"parity": "parity", "bench": "benchmarks"}
+# The extra each suite needs, installed in the source checkout.
+SUITE_EXTRAS = {"parity": "torch", "bench": "bench"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -333,9 +335,8 @@ def _parity_file(argv: list[str]) -> int:
 def _run_suite(command: str, argv: list[str]) -> int:
     """Run ``<package>.__main__.main(argv, prog="jaxlstm <command>")`` of a suite that lives in
     the source checkout (``prog`` is the name its ``--help`` shows)."""
-    package = SUITE_PACKAGES[command]
     try:
-        suite_main = load_suite(package, CHECKOUT_ROOT)
+        suite_main = load_suite(command, CHECKOUT_ROOT)
     except UsageError as error:
         if command == "parity":  # installed without the checkout: the built-in grid
             return _builtin_grid(argv, str(error))
@@ -346,7 +347,8 @@ def _run_suite(command: str, argv: list[str]) -> int:
         _error(command, str(error))
         return 2
     except ImportError as error:  # the suite's own dependencies, e.g. torch
-        _error(command, f"{error}; the {command} suite needs: pip install -e '.[test]'")
+        _error(command, f"{error}; the {command} suite needs: pip install -c constraints.txt "
+                        f"-e '.[{SUITE_EXTRAS[command]}]' in the source checkout")
         return 2
     try:
         result = suite_main(argv, prog=f"jaxlstm {command}")
@@ -375,8 +377,9 @@ def _builtin_grid(argv: list[str], why: str) -> int:
         for name, kwargs in _GRID:
             for dtype in ("float32", "float64"):
                 torch.manual_seed(0)
-                module = torch.nn.LSTM(**kwargs).to(getattr(torch, dtype))
-                report = testing.compare(module, steps=9, batch=3)
+                with testing.quiet_torch():
+                    module = torch.nn.LSTM(**kwargs).to(getattr(torch, dtype))
+                    report = testing.compare(module, steps=9, batch=3)
                 worst = max(e for c in report.comparisons for e in c.errors.values())
                 status = "pass" if report.passed else "FAIL"
                 print(f"{name:<28} {dtype:<8} worst {worst:8.1e}  {status}")
@@ -400,25 +403,27 @@ _GRID = [
 ]
 
 
-def load_suite(package: str, root: Path) -> Callable[..., int | None]:
-    """``main`` of ``<package>/__main__.py``, from ``root`` when the package lives there.
+def load_suite(command: str, root: Path) -> Callable[..., int | None]:
+    """``main`` of ``<root>/<package>/__main__.py``: the suite of ``command`` (``parity``,
+    ``bench``) in a source checkout.
 
-    Raises :class:`UsageError` when the package is neither in ``root`` nor importable.
+    The suites are not part of the installed package, and only ``root``'s are run (never
+    another package of the same name that happens to be importable). Raises
+    :class:`UsageError` saying where the suite lives and how to get it when ``root`` lacks it.
     """
-    if (root / package / "__main__.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        module = importlib.import_module(f"{package}.__main__")
-    except ModuleNotFoundError as error:
-        if error.name not in (package, f"{package}.__main__"):
-            raise
+    package = SUITE_PACKAGES[command]
+    if not (root / package / "__main__.py").is_file():
         if (root / "pyproject.toml").is_file():
-            where = f"this source checkout ({root}) has no {package}/ directory yet"
+            where = f"this source checkout ({root}) has no {package}/ directory"
         else:
-            where = ("it lives in the jaxlstm source checkout, beside jaxlstm/, not in the "
-                     "installed package: install from a checkout with pip install -e .")
-        raise UsageError(f"the {package!r} suite is not available: {where}") from error
-    return module.main
+            where = (f"it lives in jaxlstm's source checkout ({package}/, beside jaxlstm/) and "
+                     "is not part of the installed package; in a clone of the repository, run "
+                     f"pip install -c constraints.txt -e '.[{SUITE_EXTRAS[command]}]' and then "
+                     f"jaxlstm {command} (or python -m {package})")
+        raise UsageError(f"the {package!r} suite is not available: {where}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"{package}.__main__").main
 
 
 if __name__ == "__main__":

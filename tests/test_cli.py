@@ -1,7 +1,10 @@
 """The ``jaxlstm`` command end to end, in a temporary directory: output, files and exit codes."""
 
+import os
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +59,7 @@ def test_help_everywhere(capsys, command):
     if command:
         assert out.startswith(f"usage: jaxlstm {command[0]}")
     if command == ["parity"]:
-        assert "--quick" in out  # the parity suite's own options
+        assert "--full" in out  # the parity suite's own options
 
 
 def test_bench_help_works_with_or_without_the_suite(capsys):
@@ -223,7 +226,58 @@ def test_missing_suite_exits_2_with_a_message(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(cli.SUITE_PACKAGES, "bench", "jaxlstm_no_such_suite")
     code, _, err = _run(capsys, "bench")
     assert code == 2 and "'jaxlstm_no_such_suite' suite is not available" in err
-    assert "source checkout" in err
+    assert "source checkout" in err and "pip install -c constraints.txt -e '.[bench]'" in err
+
+
+def test_only_the_checkouts_suite_runs(capsys, tmp_path, monkeypatch):
+    """A package of the suite's name elsewhere on sys.path is never run in its place."""
+    elsewhere = tmp_path / "elsewhere" / "jaxlstm_fake_suite"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "__init__.py").write_text("")
+    (elsewhere / "__main__.py").write_text("def main(argv, prog):\n    print('wrong suite')\n")
+    monkeypatch.setattr(sys, "path", [str(elsewhere.parent), *sys.path])
+    monkeypatch.setattr(cli, "CHECKOUT_ROOT", tmp_path)
+    monkeypatch.setitem(cli.SUITE_PACKAGES, "bench", "jaxlstm_fake_suite")
+    code, out, err = _run(capsys, "bench")
+    assert code == 2 and "wrong suite" not in out and "is not available" in err
+
+
+def test_commands_from_a_wheel_outside_the_checkout(tmp_path):
+    """Built as a wheel and run from elsewhere: parity FILE and the built-in parity grid work;
+    the benchmark suite is not in the wheel, and jaxlstm bench says where it lives."""
+    root = Path(cli.__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "-w", str(tmp_path),
+                    "--no-deps", "--no-build-isolation", "-q"],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("jaxlstm-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+        names = archive.namelist()
+    assert not [n for n in names if n.startswith(("parity/", "benchmarks/", "tests/"))]
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def jaxlstm(*argv):
+        return subprocess.run([sys.executable, "-m", "jaxlstm", *argv], cwd=work, text=True,
+                              capture_output=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(site)})
+
+    done = jaxlstm("bench", "--help")
+    assert done.returncode == 0 and "not available here" in done.stdout
+    assert "pip install -c constraints.txt -e '.[bench]'" in done.stdout
+    done = jaxlstm("bench")
+    assert done.returncode == 2 and "is not part of the installed package" in done.stderr
+    done = jaxlstm("parity", "--help")  # the checkout's jaxlstm would find parity/ instead
+    assert done.returncode == 0 and "built-in grid" in done.stdout
+    done = jaxlstm("parity")
+    assert done.returncode == 0, done.stderr
+    assert "8/8 passed" in done.stdout and "Warning" not in done.stderr
+    path = files.save_safetensors(_state(torch.nn.LSTM(3, 4, proj_size=2)),
+                                  work / "lstm.safetensors")
+    done = jaxlstm("parity", path.name, "--dtype", "float32")
+    assert done.returncode == 0 and "the port matches torch" in done.stdout, done.stderr
+    assert "Warning" not in done.stderr
 
 
 def test_module_entry_point_in_a_subprocess(tmp_path, model):
