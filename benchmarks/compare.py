@@ -1,6 +1,6 @@
 """A/B of the functional core against an earlier revision, torch alongside, in one process.
 
-``python -m benchmarks.compare REV [REV ...]`` loads ``jaxlstm/functional.py`` as it was at each
+``python -m benchmarks.compare REV [REV ...]`` loads ``jaxlstm.functional`` as it was at each
 git revision next to the working tree's and times forward and forward+backward on the CPU
 shapes in interleaved rounds (medians), printing each as a ratio to torch and to the first
 revision given, measured in the same run, with each one's first forward+backward call (trace,
@@ -15,6 +15,7 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import jax.numpy as jnp
 import torch
@@ -24,14 +25,30 @@ from jaxlstm import functional
 
 
 def load_revision(rev: str):
-    source = subprocess.run(["git", "show", f"{rev}:jaxlstm/functional.py"], check=True,
-                            capture_output=True, text=True).stdout
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location(f"functional_{rev}", f.name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``jaxlstm.functional`` as it was at ``rev``: the module ``functional.py`` of early
+    revisions, or the package, copied under another name with its imports of itself renamed
+    (the rest of ``jaxlstm`` is the working tree's)."""
+    def show(path):
+        return subprocess.run(["git", "show", f"{rev}:{path}"], check=True, capture_output=True,
+                              text=True).stdout
+
+    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "jaxlstm/functional"],
+                             check=True, capture_output=True, text=True).stdout.split()
+    if not listing:
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+            f.write(show("jaxlstm/functional.py"))
+        spec = importlib.util.spec_from_file_location(f"functional_{rev}", f.name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    name = f"functional_{rev}".replace("-", "_").replace(".", "_").replace("~", "_")
+    root = Path(tempfile.mkdtemp())
+    for path in listing:
+        target = root / name / Path(path).relative_to("jaxlstm/functional")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(show(path).replace("jaxlstm.functional", name))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(name)
 
 
 def core_candidate(core, name: str, module: torch.nn.Module, shape: suite.Shape):
