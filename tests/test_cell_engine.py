@@ -156,3 +156,32 @@ def test_a_memoryless_cell_runs_through_every_loop_as_torch(kind, case):
         expected = sum(np.sum(grads_t[k] * np.asarray(tangents[0][k])) for k in grads_t)
         expected += np.sum(dx_t * np.asarray(tangents[1])) + np.sum(dh0_t * np.asarray(tangents[2]))
         np.testing.assert_allclose(directional, expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_one_step_of_a_memoryless_cell_is_torchs_cell(kind):
+    torch.manual_seed(0)
+    module = {"rnn": torch.nn.RNNCell, "gru": torch.nn.GRUCell}[kind](INPUT, HIDDEN).double()
+    rng = np.random.default_rng(3)
+    x, h = rng.standard_normal((BATCH, INPUT)), rng.standard_normal((BATCH, HIDDEN))
+    x_t, h_t = (torch.tensor(a, requires_grad=True) for a in (x, h))
+    out_t = module(x_t, h_t)
+    grads_t = torch.autograd.grad(torch.sum(torch.sin(out_t)), [x_t, h_t])
+    with jax.enable_x64(True):
+        params = {k: jnp.asarray(v.detach().numpy()) for k, v in module.state_dict().items()}
+
+        def run(x, h):
+            out, c = api.cell_step(CELLS[kind][0], params, x, h, None, bias=True,
+                                   precision="highest")
+            assert c is None
+            return out
+
+        x_j, h_j = jnp.asarray(x), jnp.asarray(h)
+        np.testing.assert_allclose(run(x_j, h_j), out_t.detach().numpy(), rtol=1e-10)
+        grads = jax.grad(lambda x, h: jnp.sum(jnp.sin(run(x, h))), argnums=(0, 1))(x_j, h_j)
+        for g, g_t in zip(grads, grads_t):
+            np.testing.assert_allclose(g, g_t.numpy(), rtol=1e-10, atol=1e-12)
+        _, directional = jax.jvp(lambda x, h: jnp.sum(jnp.sin(run(x, h))), (x_j, h_j),
+                                 (jnp.cos(x_j), jnp.sin(h_j)))
+        expected = np.sum(grads_t[0].numpy() * np.cos(x)) + np.sum(grads_t[1].numpy() * np.sin(h))
+        np.testing.assert_allclose(directional, expected, rtol=1e-10)

@@ -30,7 +30,7 @@ from jaxlstm.functional.carriers import (
     State,
 )
 from jaxlstm.functional.cells import LSTM_CELL, Cell
-from jaxlstm.functional.cells.lstm import cell_update
+from jaxlstm.functional.cells.base import step
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.dropout import apply_dropout, dropout_keep
 from jaxlstm.functional.layer import run_layer
@@ -46,12 +46,9 @@ def layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, d
     w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype)
     bias = bias_hh = None
     if config.bias:
-        if cell.recurrent_bias_inside:
-            bias_hh = jnp.stack([params[f"bias_hh{s}"] for s in sfx]).astype(dtype)
-            bias = jnp.stack([params[f"bias_ih{s}"] for s in sfx])
-        else:
-            bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx])
-        bias = bias.astype(dtype)
+        bias, bias_hh = cell.biases(*(jnp.stack([params[f"bias_{k}{s}"] for s in sfx])
+                                      for k in ("ih", "hh")))
+        bias, bias_hh = (None if b is None else b.astype(dtype) for b in (bias, bias_hh))
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
@@ -277,11 +274,22 @@ def lstm_cell(
     if h is None:
         h = c = jnp.zeros(x.shape[:-1] + (config.hidden_size,), dtype)
     x, h, c = (jnp.asarray(a).astype(dtype) for a in (x, h, c))
-    gates = jnp.matmul(x, params["weight_ih"].astype(dtype).T, precision=precision)
-    gates = gates + jnp.matmul(h, params["weight_hh"].astype(dtype).T, precision=precision)
-    if config.bias:
-        gates = gates + (params["bias_ih"] + params["bias_hh"]).astype(dtype)
-    return cell_update(gates, c)
+    return cell_step(LSTM_CELL, params, x, h, c, bias=config.bias, precision=precision)
+
+
+def cell_step(cell: Cell, params: Mapping[str, Array], x: Array, h: Array, c: Array | None, *,
+              bias: bool, precision: Any) -> State:
+    """One step of ``cell`` with torch's ``*Cell`` parameters (``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``), all in ``x``'s dtype: ``(h', c')``."""
+    dtype = x.dtype
+    gx = jnp.matmul(x, params["weight_ih"].astype(dtype).T, precision=precision)
+    gh = jnp.matmul(h, params["weight_hh"].astype(dtype).T, precision=precision)
+    if bias:
+        bias, bias_hh = cell.biases(params["bias_ih"], params["bias_hh"])
+        gx = gx + bias.astype(dtype)
+        if bias_hh is not None:
+            gh = gh + bias_hh.astype(dtype)
+    return step(cell, gx, gh, h, c)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))

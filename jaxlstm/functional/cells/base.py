@@ -1,4 +1,4 @@
-"""The interface every cell implements, and what the loops derive from it."""
+"""The interface every cell implements, and one step of any cell, differentiable."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from functools import partial
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 
-from jaxlstm.functional.carriers import Array
+from jaxlstm._linear import linear_map
+from jaxlstm.functional.carriers import Array, State
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,20 @@ class Cell(abc.ABC):
     - ``recurrent_bias_inside``: whether the step reads ``gx`` and ``gh`` apart (so ``b_hh``
       belongs to ``gh``); otherwise it depends on ``gx + gh`` only, the loops add ``b_ih +
       b_hh`` to ``gx`` as one bias, and the gradients of ``gx`` and ``gh`` are one buffer.
+
+    Example, torch's ``RNNCell`` (tanh)::
+
+        @dataclasses.dataclass(frozen=True)
+        class TanhRNN(Cell):
+            gates, memory = 1, False
+
+            def activate(self, gx, gh, h, c):
+                out = jnp.tanh(gx + gh)
+                return out, None, (out,)
+
+            def activate_vjp(self, record, h, c, d_out, d_c_new):
+                d_pre = d_out * (1.0 - record[0] ** 2)
+                return d_pre, d_pre, None, None
     """
 
     gates: ClassVar[int]
@@ -40,6 +56,11 @@ class Cell(abc.ABC):
         hidden``: the training loop writes it over the step's row of input projections, and
         the backward loop that row's ``d_gx`` over it in turn."""
         return (self.gates * hidden,)
+
+    def biases(self, b_ih: Array, b_hh: Array) -> tuple[Array, Array | None]:
+        """The biases the loops add to ``gx`` and to ``gh``: ``b_ih + b_hh`` and ``None``,
+        unless ``recurrent_bias_inside``."""
+        return (b_ih, b_hh) if self.recurrent_bias_inside else (b_ih + b_hh, None)
 
     @abc.abstractmethod
     def activate(self, gx: Array, gh: Array, h: Array,
@@ -69,3 +90,30 @@ class Cell(abc.ABC):
                          for s, t in zip(shapes, (d_gx, d_gh, d_h, d_c)))
         return jax.linear_transpose(vjp, out, memory)(tangents)
 
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def step(cell: Cell, gx: Array, gh: Array, h: Array | None, c: Array | None) -> State:
+    """One step of ``cell`` (what torch's ``*Cell`` modules compute): ``(out, c')`` from ``gx``
+    and ``gh`` (..., GH) with their biases, ``h`` (``None`` for a cell that reads it only
+    through ``gh``) and ``c`` (``None`` without memory). Differentiated (both modes) by the
+    cell's one derivative, as the sequence loops are."""
+    out, c_new, _ = cell.activate(gx, gh, h, c)
+    return out, c_new
+
+
+@step.defjvp
+def _step_jvp(cell: Cell, primals, tangents):
+    gx, gh, h, c = primals
+    out, c_new, record = cell.activate(gx, gh, h, c)
+
+    def tangent(residuals, tangents):
+        return cell.activate_jvp(*residuals, *tangents)
+
+    def cotangent(residuals, cotangents):
+        d_gx, d_gh, d_h, d_c = cell.activate_vjp(*residuals, *cotangents)
+        if h is not None and d_h is None:
+            d_h = jnp.zeros_like(h)
+        return d_gx, d_gh, d_h, d_c
+
+    return (out, c_new), linear_map(tangent, cotangent, (record, h, c), tangents, (out, c_new))

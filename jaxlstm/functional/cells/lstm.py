@@ -1,23 +1,20 @@
 """The LSTM cell's math, once: the gate equations and their one hand-written derivative.
 
 ``cell_activate`` is the only place the gate equations live; ``cell_activate_vjp`` is their
-only derivative (``cell_activate_jvp`` is its transpose). :class:`LSTM` presents them to the
-loops as a :class:`~jaxlstm.functional.cells.base.Cell`; :func:`cell_update` is one step.
+only derivative (:meth:`LSTM.activate_jvp` is its transpose). :class:`LSTM` presents them to
+the loops as a :class:`~jaxlstm.functional.cells.base.Cell`; :func:`cell_update` is one step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm._linear import linear_map
 from jaxlstm.functional.carriers import Array, State
-from jaxlstm.functional.cells.base import Cell
+from jaxlstm.functional.cells.base import Cell, step
 
 # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so one tanh over all 4H pre-activations computes every
 # gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact; the
@@ -67,7 +64,7 @@ def cell_activate_vjp(
 ) -> tuple[Array, Array]:
     """Reverse of :func:`cell_activate`: cotangents of ``(scaled_gates, c)`` from those of
     ``(h, c')``, using the saved ``t = tanh(scaled_gates)``. The one hand-written derivative of
-    the gate equations: :func:`cell_activate_jvp` is its transpose."""
+    the gate equations (the cell's JVP is its transpose)."""
     t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
     tanh_c = jnp.tanh(c_new)
     dc_total = dc_new + dh * _sigmoid_from_tanh(t_o) * (1.0 - tanh_c * tanh_c)
@@ -80,18 +77,6 @@ def cell_activate_vjp(
     return d_scaled, dc_total * _sigmoid_from_tanh(t_f)
 
 
-def cell_activate_jvp(
-    t: Array, c_new: Array, c: Array, d_scaled: Array, dc: Array
-) -> tuple[Array, Array]:
-    """Forward derivative of :func:`cell_activate`: tangents of ``(h, c')`` from those of
-    ``(scaled_gates, c)``, as the transpose of :func:`cell_activate_vjp` (it is linear in its
-    cotangents), so that the derivative of the gate equations is written once."""
-    state = jax.ShapeDtypeStruct(c.shape, c.dtype)
-    vjp = partial(cell_activate_vjp, t, c_new, c)
-    return jax.linear_transpose(vjp, state, state)((d_scaled, dc))
-
-
-@jax.custom_jvp
 def cell_update(gates: Array, c: Array) -> State:
     """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
 
@@ -99,29 +84,7 @@ def cell_update(gates: Array, c: Array) -> State:
     ``h = sigmoid(o) * tanh(c')``. Differentiated (both modes) by the same code as the
     sequence path.
     """
-    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    return h, c_new
-
-
-def _cell_update_tangent(residuals, tangents):
-    t, c_new, c = residuals
-    d_gates, dc = tangents
-    return cell_activate_jvp(t, c_new, c, d_gates * gate_scale(c.shape[-1], t.dtype), dc)
-
-
-def _cell_update_cotangent(residuals, cotangents):
-    t, c_new, c = residuals
-    d_scaled, d_c = cell_activate_vjp(t, c_new, c, *cotangents)
-    return d_scaled * gate_scale(c.shape[-1], t.dtype), d_c
-
-
-@cell_update.defjvp
-def _cell_update_jvp(primals, tangents):
-    gates, c = primals
-    h, c_new, t = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    out = (h, c_new)
-    return out, linear_map(_cell_update_tangent, _cell_update_cotangent, (t, c_new, c),
-                           tangents, out)
+    return step(LSTM_CELL, gates, jnp.zeros_like(gates), None, c)
 
 
 @dataclasses.dataclass(frozen=True)
