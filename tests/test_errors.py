@@ -162,12 +162,12 @@ def test_hx_must_be_a_pair():
 
 
 def test_errors_come_before_any_computation(monkeypatch):
-    from jaxlstm import functional
+    from jaxlstm.functional import api
 
     def fail(*args, **kwargs):
         raise AssertionError("computation started")
 
-    monkeypatch.setattr(functional, "_lstm_time_major", fail)
+    monkeypatch.setattr(api, "time_major", fail)
     with pytest.raises(RuntimeError, match="input_size"):
         jaxlstm.LSTM(3, 4)(zeros(5, 2, 7))
 

@@ -1,4 +1,4 @@
-"""Schedules as validated strategy objects: the shorthand arguments, the errors, and equal numbers."""
+"""Schedules as validated strategy objects: shorthand arguments, errors, and equal numbers."""
 
 import jax.numpy as jnp
 import numpy as np

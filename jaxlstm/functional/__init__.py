@@ -21,12 +21,13 @@ Derivatives: each layer is a ``jax.custom_jvp``. Its tangent is a linear recurre
 activations the training loop records (the weights' tangents enter through GEMMs over all steps
 before the loop), declared with ``jaxlstm._linear.linear_map`` to have the hand-scheduled
 backward loop as its transpose; JAX's reverse mode transposes the tangent, so it runs exactly
-that backward pass. Both derivative loops use the cell's one hand-written derivative
-(``cell.cell_activate_vjp``, whose transpose is the cell's JVP).
+that backward pass. Every loop is generic over the step's math, a ``cells.Cell`` passed as a static
+argument; each loop uses the cell's one hand-written derivative (``Cell.activate_vjp``, whose
+transpose is the cell's JVP).
 
 The modules, one job each (internal; their names may change):
 
-- ``cell``: the gate equations and their derivative.
+- ``cells``: the step's math and its derivative, one module per cell (``cells.lstm``).
 - ``indexing``: rows, columns and skewed buffers.
 - ``carriers``: the named tuples the loops pass around.
 - ``recurrence``: the forward loops and the input projection.
@@ -41,7 +42,7 @@ The modules, one job each (internal; their names may change):
 """
 
 from jaxlstm.functional.api import compute_dtype, init_params, lstm, lstm_cell
-from jaxlstm.functional.cell import cell_activate, cell_update, gate_scale
+from jaxlstm.functional.cells.lstm import cell_activate, cell_update, gate_scale
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.schedules import Layered, Remat, Wavefront
 

@@ -29,7 +29,8 @@ from jaxlstm.functional.carriers import (
     StackInputs,
     State,
 )
-from jaxlstm.functional.cell import cell_update
+from jaxlstm.functional.cells import LSTM_CELL, Cell
+from jaxlstm.functional.cells.base import step
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.dropout import apply_dropout, dropout_keep
 from jaxlstm.functional.layer import run_layer
@@ -37,42 +38,47 @@ from jaxlstm.functional.schedules import Layered, Strategy, from_arguments, reso
 from jaxlstm.functional.wavefront import run_stack
 
 
-def layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int,
-                   dtype: Any) -> LayerWeights:
-    """One layer's :class:`LayerWeights` from torch-named ``params``, in ``dtype``."""
+def layer_weights(params: Mapping[str, Array], config: LSTMConfig, layer: int, dtype: Any,
+                  cell: Cell = LSTM_CELL) -> LayerWeights:
+    """One layer's :class:`LayerWeights` of ``cell`` from torch-named ``params``, in ``dtype``."""
     sfx = [param_suffix(layer, d) for d in range(config.num_directions)]
     w_ih = tuple(params[f"weight_ih{s}"].astype(dtype) for s in sfx)
     w_hh = jnp.stack([params[f"weight_hh{s}"] for s in sfx]).astype(dtype)
-    bias = None
+    bias = bias_hh = None
     if config.bias:
-        bias = jnp.stack([params[f"bias_ih{s}"] + params[f"bias_hh{s}"] for s in sfx])
-        bias = bias.astype(dtype)
+        bias, bias_hh = cell.biases(*(jnp.stack([params[f"bias_{k}{s}"] for s in sfx])
+                                      for k in ("ih", "hh")))
+        bias, bias_hh = (None if b is None else b.astype(dtype) for b in (bias, bias_hh))
     w_hr_t = None
     if config.proj_size:
         w_hr_t = jnp.stack([params[f"weight_hr{s}"].T for s in sfx]).astype(dtype)
-    return LayerWeights(w_ih, w_hh, bias, w_hr_t)
+    return LayerWeights(w_ih, w_hh, bias, w_hr_t, bias_hh)
 
 
 @partial(
     jax.jit,
     static_argnames=(
-        "config", "deterministic", "dtype", "padding_value", "schedule"
+        "config", "cell", "deterministic", "dtype", "padding_value", "schedule"
     ),
 )
-def _lstm_time_major(
+def time_major(
     params: Mapping[str, Array],
     x: Array,
     h0: Array,
-    c0: Array,
+    c0: Array | None,
     seq_lengths: Array | None,
     dropout_rng: Array | None,
     *,
     config: LSTMConfig,
+    cell: Cell,
     deterministic: bool,
     dtype: Any,
     padding_value: float,
     schedule: Schedule,
 ) -> tuple[Array, State]:
+    """The layers of ``cell`` over a time-major ``x`` (T, N, I), every input checked and laid
+    out: ``(output, (h_n, c_n))``, ``c0``/``c_n`` ``None`` for a cell without memory. ``config``
+    gives the sizes, layers, directions, bias, projection and dropout."""
     num_steps = x.shape[0]
     directions = config.num_directions
     valid = None
@@ -85,16 +91,19 @@ def _lstm_time_major(
         # every layer's output is already zero there.
         layer_input = jnp.where(valid[:, :, None], layer_input, jnp.zeros_like(layer_input))
     h0 = h0.astype(dtype).reshape(config.num_layers, directions, *h0.shape[1:])
-    c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
+    if c0 is not None:
+        c0 = c0.astype(dtype).reshape(config.num_layers, directions, *c0.shape[1:])
     if schedule.wavefront:
-        return _wavefront_time_major(params, layer_input, h0[:, 0], c0[:, 0], valid, dropout_rng,
-                                     config=config, deterministic=deterministic, dtype=dtype,
-                                     padding_value=padding_value, schedule=schedule)
+        return _wavefront_time_major(params, layer_input, h0[:, 0],
+                                     None if c0 is None else c0[:, 0], valid, dropout_rng,
+                                     config=config, cell=cell, deterministic=deterministic,
+                                     dtype=dtype, padding_value=padding_value, schedule=schedule)
     h_n, c_n = [], []
     for layer in range(config.num_layers):
-        weights = layer_weights(params, config, layer, dtype)
+        weights = layer_weights(params, config, layer, dtype, cell)
         layer_input, (h_last, c_last) = run_layer(
-            LayerInputs(layer_input, weights, h0[layer], c0[layer]), valid, schedule
+            LayerInputs(layer_input, weights, h0[layer], None if c0 is None else c0[layer]),
+            valid, cell, schedule
         )
         h_n.append(h_last)
         c_n.append(c_last)
@@ -102,7 +111,7 @@ def _lstm_time_major(
         if not last and not deterministic and config.dropout > 0:
             key = jax.random.fold_in(dropout_rng, layer)
             layer_input = apply_dropout(layer_input, config.dropout, key)
-    h_n, c_n = jnp.concatenate(h_n), jnp.concatenate(c_n)
+    h_n, c_n = jnp.concatenate(h_n), None if c0 is None else jnp.concatenate(c_n)
     return _padded(layer_input, valid, padding_value), (h_n, c_n)
 
 
@@ -113,10 +122,10 @@ def _padded(output: Array, valid: Array | None, padding_value: float) -> Array:
     return jnp.where(valid[:, :, None], output, jnp.asarray(padding_value, output.dtype))
 
 
-def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, deterministic,
+def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, cell, deterministic,
                           dtype, padding_value, schedule):
-    """:func:`_lstm_time_major`'s layers as one :func:`run_stack`; ``h0``/``c0`` (L, N, ·)."""
-    weights = tuple(layer_weights(params, config, layer, dtype)
+    """:func:`time_major`'s layers as one :func:`run_stack`; ``h0``/``c0`` (L, N, ·)."""
+    weights = tuple(layer_weights(params, config, layer, dtype, cell)
                     for layer in range(config.num_layers))
     keep = None
     if not deterministic and config.dropout > 0:
@@ -126,8 +135,8 @@ def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, dete
             dropout_keep(config.dropout, jax.random.fold_in(dropout_rng, layer), shape)
             for layer in range(config.num_layers - 1)
         ])
-    output, state = run_stack(StackInputs(x, weights, h0, c0), valid, keep, schedule,
-                           float(config.dropout))
+    output, state = run_stack(StackInputs(x, weights, h0, c0), valid, keep, cell, schedule,
+                              float(config.dropout))
     return _padded(output, valid, padding_value), state
 
 
@@ -224,9 +233,9 @@ def lstm(
         layers = config.num_directions * config.num_layers
         h0 = jnp.zeros((layers, batch, config.output_size), dtype)
         c0 = jnp.zeros((layers, batch, config.hidden_size), dtype)
-    output, (h_n, c_n) = _lstm_time_major(
+    output, (h_n, c_n) = time_major(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
-        config=config, deterministic=bool(deterministic), dtype=dtype,
+        config=config, cell=LSTM_CELL, deterministic=bool(deterministic), dtype=dtype,
         padding_value=float(padding_value),
         schedule=resolve(schedule or shorthand, config, x.shape[0], precision),
     )
@@ -265,11 +274,22 @@ def lstm_cell(
     if h is None:
         h = c = jnp.zeros(x.shape[:-1] + (config.hidden_size,), dtype)
     x, h, c = (jnp.asarray(a).astype(dtype) for a in (x, h, c))
-    gates = jnp.matmul(x, params["weight_ih"].astype(dtype).T, precision=precision)
-    gates = gates + jnp.matmul(h, params["weight_hh"].astype(dtype).T, precision=precision)
-    if config.bias:
-        gates = gates + (params["bias_ih"] + params["bias_hh"]).astype(dtype)
-    return cell_update(gates, c)
+    return cell_step(LSTM_CELL, params, x, h, c, bias=config.bias, precision=precision)
+
+
+def cell_step(cell: Cell, params: Mapping[str, Array], x: Array, h: Array, c: Array | None, *,
+              bias: bool, precision: Any) -> State:
+    """One step of ``cell`` with torch's ``*Cell`` parameters (``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``), all in ``x``'s dtype: ``(h', c')``."""
+    dtype = x.dtype
+    gx = jnp.matmul(x, params["weight_ih"].astype(dtype).T, precision=precision)
+    gh = jnp.matmul(h, params["weight_hh"].astype(dtype).T, precision=precision)
+    if bias:
+        bias, bias_hh = cell.biases(params["bias_ih"], params["bias_hh"])
+        gx = gx + bias.astype(dtype)
+        if bias_hh is not None:
+            gh = gh + bias_hh.astype(dtype)
+    return step(cell, gx, gh, h, c)
 
 
 @partial(jax.jit, static_argnames=("config", "dtype"))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm.functional.carriers import Array, LayerInputs, Schedule
+from jaxlstm.functional.cells import Cell
 from jaxlstm.functional.indexing import at_time
 from jaxlstm.functional.recurrence import inference_loop, project
 
@@ -38,7 +39,7 @@ def chunk_parts(chunks: Array | None, k: Array, directions: int) -> tuple[Array,
     )
 
 
-def chunked_forward(inputs: LayerInputs, valid, chunk: int, schedule: Schedule):
+def chunked_forward(cell: Cell, inputs: LayerInputs, valid, chunk: int, schedule: Schedule):
     """Projection and recurrence of one layer a chunk of ``chunk`` steps at a time, so that only
     one chunk's projections exist at once. Returns ``(y, (h_T, c_T), starts)``: ``starts`` are
     the states entering each chunk-loop step."""
@@ -51,7 +52,7 @@ def chunked_forward(inputs: LayerInputs, valid, chunk: int, schedule: Schedule):
         state, y = carry
         gates_x = project(chunk_parts(chunks, k, directions), weights.w_ih,
                            schedule.precision)
-        y, new_state = inference_loop(gates_x, weights, state,
+        y, new_state = inference_loop(cell, gates_x, weights, state,
                                        chunk_parts(valid_chunks, k, directions), y, k * chunk,
                                        schedule)
         return (new_state, y), state

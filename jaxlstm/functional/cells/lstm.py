@@ -1,19 +1,20 @@
 """The LSTM cell's math, once: the gate equations and their one hand-written derivative.
 
 ``cell_activate`` is the only place the gate equations live; ``cell_activate_vjp`` is their
-only derivative (``cell_activate_jvp`` is its transpose). Every loop of the package calls these.
+only derivative (:meth:`LSTM.activate_jvp` is its transpose). :class:`LSTM` presents them to
+the loops as a :class:`~jaxlstm.functional.cells.base.Cell`; :func:`cell_update` is one step.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxlstm._linear import linear_map
 from jaxlstm.functional.carriers import Array, State
+from jaxlstm.functional.cells.base import Cell, step
 
 # sigmoid(x) = 0.5 * tanh(x / 2) + 0.5, so one tanh over all 4H pre-activations computes every
 # gate once the i, f and o rows are scaled by 1/2. Scaling by a power of two is exact; the
@@ -24,7 +25,13 @@ _GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
 
 def gate_scale(hidden_size: int, dtype: Any) -> Array:
     """Per-row factors (4H,) that turn torch's gate pre-activations into :func:`cell_activate`'s."""
-    return jnp.repeat(jnp.asarray(_GATE_SCALE, dtype), hidden_size)
+    return jnp.asarray(_scale(hidden_size, dtype))
+
+
+def _scale(hidden_size: int, dtype: Any) -> np.ndarray:
+    """:func:`gate_scale` as a NumPy constant: inside a loop it is a literal of the loop body,
+    with nothing to compute or to carry."""
+    return np.repeat(np.asarray(_GATE_SCALE), hidden_size).astype(dtype)
 
 
 def _sigmoid_from_tanh(t: Array) -> Array:
@@ -57,7 +64,7 @@ def cell_activate_vjp(
 ) -> tuple[Array, Array]:
     """Reverse of :func:`cell_activate`: cotangents of ``(scaled_gates, c)`` from those of
     ``(h, c')``, using the saved ``t = tanh(scaled_gates)``. The one hand-written derivative of
-    the gate equations: :func:`cell_activate_jvp` is its transpose."""
+    the gate equations (the cell's JVP is its transpose)."""
     t_i, t_f, g, t_o = jnp.split(t, 4, axis=-1)
     tanh_c = jnp.tanh(c_new)
     dc_total = dc_new + dh * _sigmoid_from_tanh(t_o) * (1.0 - tanh_c * tanh_c)
@@ -65,23 +72,11 @@ def cell_activate_vjp(
     # so that the step compiles to one fused loop rather than four pieces and a concatenation.
     upstream = jnp.concatenate([dc_total, dc_total, dc_total, dh], axis=-1)
     partner = jnp.concatenate([g, c, _sigmoid_from_tanh(t_i), tanh_c], axis=-1)
-    scale = gate_scale(c.shape[-1], t.dtype)
+    scale = _scale(c.shape[-1], t.dtype)
     d_scaled = upstream * partner * (1.0 - t * t) * scale
     return d_scaled, dc_total * _sigmoid_from_tanh(t_f)
 
 
-def cell_activate_jvp(
-    t: Array, c_new: Array, c: Array, d_scaled: Array, dc: Array
-) -> tuple[Array, Array]:
-    """Forward derivative of :func:`cell_activate`: tangents of ``(h, c')`` from those of
-    ``(scaled_gates, c)``, as the transpose of :func:`cell_activate_vjp` (it is linear in its
-    cotangents), so that the derivative of the gate equations is written once."""
-    state = jax.ShapeDtypeStruct(c.shape, c.dtype)
-    vjp = partial(cell_activate_vjp, t, c_new, c)
-    return jax.linear_transpose(vjp, state, state)((d_scaled, dc))
-
-
-@jax.custom_jvp
 def cell_update(gates: Array, c: Array) -> State:
     """One LSTM step from torch's pre-activations ``gates`` (..., 4H) and ``c`` (..., H).
 
@@ -89,26 +84,26 @@ def cell_update(gates: Array, c: Array) -> State:
     ``h = sigmoid(o) * tanh(c')``. Differentiated (both modes) by the same code as the
     sequence path.
     """
-    h, c_new, _ = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    return h, c_new
+    return step(LSTM_CELL, gates, jnp.zeros_like(gates), None, c)
 
 
-def _cell_update_tangent(residuals, tangents):
-    t, c_new, c = residuals
-    d_gates, dc = tangents
-    return cell_activate_jvp(t, c_new, c, d_gates * gate_scale(c.shape[-1], t.dtype), dc)
+@dataclasses.dataclass(frozen=True)
+class LSTM(Cell):
+    """torch's LSTM cell: gates i, f, g, o; the memory is ``c``; ``b_ih + b_hh`` pre-summed.
+    The record is ``t = tanh(scaled gates)`` (what :func:`cell_activate_vjp` reads)."""
+
+    gates = 4
+    memory = True
+
+    def activate(self, gx, gh, h, c):
+        out, c_new, t = cell_activate((gx + gh) * _scale(c.shape[-1], gx.dtype), c)
+        return out, c_new, (t,)
+
+    def activate_vjp(self, record, h, c, d_out, d_c_new):
+        (t,) = record
+        d_scaled, d_c = cell_activate_vjp(t, cell_state(t, c), c, d_out, d_c_new)
+        d_gates = d_scaled * _scale(c.shape[-1], t.dtype)
+        return d_gates, d_gates, None, d_c
 
 
-def _cell_update_cotangent(residuals, cotangents):
-    t, c_new, c = residuals
-    d_scaled, d_c = cell_activate_vjp(t, c_new, c, *cotangents)
-    return d_scaled * gate_scale(c.shape[-1], t.dtype), d_c
-
-
-@cell_update.defjvp
-def _cell_update_jvp(primals, tangents):
-    gates, c = primals
-    h, c_new, t = cell_activate(gates * gate_scale(c.shape[-1], gates.dtype), c)
-    out = (h, c_new)
-    return out, linear_map(_cell_update_tangent, _cell_update_cotangent, (t, c_new, c),
-                           tangents, out)
+LSTM_CELL = LSTM()
