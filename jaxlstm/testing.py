@@ -23,7 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -178,15 +178,30 @@ def run_torch(module: Any, inputs: Inputs, *, native: bool) -> dict[str, np.ndar
         else:
             out, (h_n, c_n) = module(x, hx)
             outputs = {"output": out, "h_n": h_n, "c_n": c_n}
-        loss = sum((torch.from_numpy(inputs.cotangents[k]) * v).sum() for k, v in outputs.items())
-        loss.backward()
+        values = backward(outputs, inputs.cotangents, x, hx, module.named_parameters())
+    module.zero_grad(set_to_none=True)
+    return values
+
+
+def backward(outputs: dict[str, Any], cotangents: dict[str, np.ndarray], x: Any, hx: Any,
+             parameters: Iterable[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """torch's ``outputs`` and the gradients of ``sum(cotangent * output)``, keyed as
+    :func:`run_torch` keys them: ``grad input``, ``grad h0``, ``grad c0``, ``grad <name>``.
+
+    **Arguments:**
+
+    - ``outputs``: ``{name: tensor}``; ``cotangents``: ``{name: array}`` of the same shapes.
+    - ``x``, ``hx``: the input and ``(h0, c0)`` (or ``None``) tensors that require gradients.
+    - ``parameters``: ``(torch name, parameter)`` pairs, the names the gradients are keyed by.
+    """
+    loss = sum((torch.from_numpy(cotangents[k]) * v).sum() for k, v in outputs.items())
+    loss.backward()
     values = {k: v.detach().numpy() for k, v in outputs.items()}
     values["grad input"] = x.grad.numpy()
     if hx is not None:
         values["grad h0"], values["grad c0"] = hx[0].grad.numpy(), hx[1].grad.numpy()
-    for name, param in module.named_parameters():
+    for name, param in parameters:
         values[f"grad {name}"] = param.grad.numpy()
-    module.zero_grad(set_to_none=True)
     return values
 
 

@@ -76,7 +76,7 @@ def torch_reference(module: torch.nn.LSTM, inputs: runner.Inputs, keep: list[np.
         hx = [torch.tensor(a, requires_grad=True) for a in inputs.hx]
         state = [a.unsqueeze(1) if unbatched else a for a in hx]
     weights = module.state_dict()
-    h_n, c_n, grads = [], [], []
+    h_n, c_n, layers = [], [], []
     with testing.native_path():
         for k in range(module.num_layers):
             layer = torch.nn.LSTM(h.shape[-1], module.hidden_size, bias=module.bias,
@@ -84,7 +84,7 @@ def torch_reference(module: torch.nn.LSTM, inputs: runner.Inputs, keep: list[np.
                                   proj_size=module.proj_size).to(dtype)
             names = {name: name.replace("_l0", f"_l{k}") for name, _ in layer.named_parameters()}
             layer.load_state_dict({name: weights[names[name]] for name in names})
-            grads.append((layer, names))
+            layers.append((layer, names))
             layer_hx = None
             if hx is not None:
                 layer_hx = tuple(a[k * directions:(k + 1) * directions] for a in state)
@@ -100,21 +100,14 @@ def torch_reference(module: torch.nn.LSTM, inputs: runner.Inputs, keep: list[np.
             c_n.append(c_k)
             if k < module.num_layers - 1:
                 h = h * torch.from_numpy(keep[k].astype(inputs.x.dtype)) * scale
-    out = h[:, 0] if unbatched else h.transpose(0, 1) if module.batch_first else h
-    h_n, c_n = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
-    if unbatched:
-        h_n, c_n = h_n[:, 0], c_n[:, 0]
-    outputs = {"output": out, "h_n": h_n, "c_n": c_n}
-    loss = sum((torch.from_numpy(inputs.cotangents[k]) * v).sum() for k, v in outputs.items())
-    loss.backward()
-    values = {k: v.detach().numpy() for k, v in outputs.items()}
-    values["grad input"] = x.grad.numpy()
-    if hx is not None:
-        values["grad h0"], values["grad c0"] = hx[0].grad.numpy(), hx[1].grad.numpy()
-    for layer, names in grads:
-        for name, param in layer.named_parameters():
-            values[f"grad {names[name]}"] = param.grad.numpy()
-    return values
+        out = h[:, 0] if unbatched else h.transpose(0, 1) if module.batch_first else h
+        h_n, c_n = torch.cat(h_n, dim=0), torch.cat(c_n, dim=0)
+        if unbatched:
+            h_n, c_n = h_n[:, 0], c_n[:, 0]
+        parameters = [(names[name], param) for layer, names in layers
+                      for name, param in layer.named_parameters()]
+        return testing.backward({"output": out, "h_n": h_n, "c_n": c_n}, inputs.cotangents, x,
+                                hx, parameters)
 
 
 def run_dropout_case(case: PropertyCase, dtype: str, seed: int = 0) -> list[runner.Result]:
