@@ -11,6 +11,7 @@ import importlib
 
 from jaxlstm import functional
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
+from jaxlstm.functional.cells.hard_sigmoid import HardSigmoid
 from jaxlstm.nnx import LSTM, BiLSTM, LSTMCell
 from jaxlstm.porting import (
     find_lstms,
@@ -37,6 +38,7 @@ _LAZY_SUBMODULES = (
 __all__ = [
     "LSTM",
     "BiLSTM",
+    "HardSigmoid",
     "LSTMCell",
     "LSTMConfig",
     "LSTMCellConfig",

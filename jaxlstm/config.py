@@ -40,6 +40,32 @@ def _check_bool(name: str, value: object) -> None:
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
+def check_gate_activation(gate_activation: object) -> Any:
+    """``gate_activation`` as the config holds it: ``"sigmoid"`` (torch's) or a
+    :class:`~jaxlstm.functional.cells.hard_sigmoid.HardSigmoid`; anything else raises, naming
+    the argument and what it takes."""
+    from jaxlstm.functional.cells.hard_sigmoid import HardSigmoid
+
+    if gate_activation == "sigmoid" or isinstance(gate_activation, HardSigmoid):
+        return gate_activation
+    hint = ""
+    if isinstance(gate_activation, str) and "hard" in gate_activation.lower():
+        hint = (": Keras 2 (0.2 x + 0.5) and Keras 3 (x / 6 + 0.5) define hard_sigmoid "
+                "differently, so name the constants: jaxlstm.HardSigmoid(0.2, 0.5) or "
+                "jaxlstm.HardSigmoid(1 / 6, 0.5)")
+    raise ValueError(
+        f"gate_activation must be 'sigmoid' (torch's) or jaxlstm.HardSigmoid(alpha, beta), "
+        f"got {gate_activation!r}{hint}")
+
+
+def gate_cell(gate_activation: Any) -> Any:
+    """The :class:`~jaxlstm.functional.cells.Cell` whose gates are ``gate_activation``."""
+    from jaxlstm.functional.cells import LSTM_CELL
+    from jaxlstm.functional.cells.hard_sigmoid import HardSigmoidLSTM
+
+    return LSTM_CELL if gate_activation == "sigmoid" else HardSigmoidLSTM(gate_activation)
+
+
 def _check_sizes(input_size: object, hidden_size: object) -> None:
     _check_int("input_size", input_size)
     _check_int("hidden_size", hidden_size)
@@ -55,6 +81,8 @@ class LSTMConfig:
 
     Hashable, so it can be a static argument of ``jax.jit``. Construct it through
     :meth:`create` (or the module constructors), which validates like torch does.
+    ``gate_activation`` (not torch's: torch's gates are always ``"sigmoid"``) is ``"sigmoid"``
+    or a :class:`~jaxlstm.functional.cells.hard_sigmoid.HardSigmoid` (Keras, ONNX).
     """
 
     input_size: int
@@ -65,6 +93,7 @@ class LSTMConfig:
     dropout: float = 0.0
     bidirectional: bool = False
     proj_size: int = 0
+    gate_activation: Any = "sigmoid"
 
     @classmethod
     def create(
@@ -77,6 +106,7 @@ class LSTMConfig:
         dropout: float = 0.0,
         bidirectional: bool = False,
         proj_size: int = 0,
+        gate_activation: Any = "sigmoid",
     ) -> LSTMConfig:
         """Validate the arguments in torch's order and with torch's messages."""
         check_dropout(dropout)
@@ -100,6 +130,7 @@ class LSTMConfig:
             )
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
+        gate_activation = check_gate_activation(gate_activation)
         return cls(
             input_size=input_size,
             hidden_size=hidden_size,
@@ -109,7 +140,13 @@ class LSTMConfig:
             dropout=float(dropout),
             bidirectional=bool(bidirectional),
             proj_size=proj_size,
+            gate_activation=gate_activation,
         )
+
+    @property
+    def cell(self) -> Any:
+        """The :class:`~jaxlstm.functional.cells.Cell` the layers run (its gates)."""
+        return gate_cell(self.gate_activation)
 
     @property
     def num_directions(self) -> int:
@@ -149,16 +186,25 @@ class LSTMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LSTMCellConfig:
-    """The architecture of a single LSTM cell, exactly ``torch.nn.LSTMCell``'s arguments."""
+    """The architecture of a single LSTM cell, exactly ``torch.nn.LSTMCell``'s arguments, and
+    ``gate_activation`` as in :class:`LSTMConfig`."""
 
     input_size: int
     hidden_size: int
     bias: bool = True
+    gate_activation: Any = "sigmoid"
 
     @classmethod
-    def create(cls, input_size: int, hidden_size: int, bias: bool = True) -> LSTMCellConfig:
+    def create(cls, input_size: int, hidden_size: int, bias: bool = True,
+               gate_activation: Any = "sigmoid") -> LSTMCellConfig:
         _check_sizes(input_size, hidden_size)
-        return cls(input_size=input_size, hidden_size=hidden_size, bias=bool(bias))
+        return cls(input_size=input_size, hidden_size=hidden_size, bias=bool(bias),
+                   gate_activation=check_gate_activation(gate_activation))
+
+    @property
+    def cell(self) -> Any:
+        """The :class:`~jaxlstm.functional.cells.Cell` one step runs (its gates)."""
+        return gate_cell(self.gate_activation)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         gates = 4 * self.hidden_size
