@@ -11,7 +11,7 @@ import importlib
 
 from jaxlstm import functional
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
-from jaxlstm.functional.cells.hard_sigmoid import HardSigmoid
+from jaxlstm.gates import HardSigmoid
 from jaxlstm.nnx import LSTM, BiLSTM, LSTMCell
 from jaxlstm.porting import (
     find_lstms,
@@ -32,6 +32,7 @@ _LAZY_SUBMODULES = (
     "files",
     "formats",
     "linen",
+    "reference",
     "testing",
 )
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm.gates import check_gate_activation
+
 
 def _check_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
@@ -40,32 +42,6 @@ def _check_bool(name: str, value: object) -> None:
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
 
 
-def check_gate_activation(gate_activation: object) -> Any:
-    """``gate_activation`` as the config holds it: ``"sigmoid"`` (torch's) or a
-    :class:`~jaxlstm.functional.cells.hard_sigmoid.HardSigmoid`; anything else raises, naming
-    the argument and what it takes."""
-    from jaxlstm.functional.cells.hard_sigmoid import HardSigmoid
-
-    if gate_activation == "sigmoid" or isinstance(gate_activation, HardSigmoid):
-        return gate_activation
-    hint = ""
-    if isinstance(gate_activation, str) and "hard" in gate_activation.lower():
-        hint = (": Keras 2 (0.2 x + 0.5) and Keras 3 (x / 6 + 0.5) define hard_sigmoid "
-                "differently, so name the constants: jaxlstm.HardSigmoid(0.2, 0.5) or "
-                "jaxlstm.HardSigmoid(1 / 6, 0.5)")
-    raise ValueError(
-        f"gate_activation must be 'sigmoid' (torch's) or jaxlstm.HardSigmoid(alpha, beta), "
-        f"got {gate_activation!r}{hint}")
-
-
-def gate_cell(gate_activation: Any) -> Any:
-    """The :class:`~jaxlstm.functional.cells.Cell` whose gates are ``gate_activation``."""
-    from jaxlstm.functional.cells import LSTM_CELL
-    from jaxlstm.functional.cells.hard_sigmoid import HardSigmoidLSTM
-
-    return LSTM_CELL if gate_activation == "sigmoid" else HardSigmoidLSTM(gate_activation)
-
-
 def _check_sizes(input_size: object, hidden_size: object) -> None:
     _check_int("input_size", input_size)
     _check_int("hidden_size", hidden_size)
@@ -82,7 +58,7 @@ class LSTMConfig:
     Hashable, so it can be a static argument of ``jax.jit``. Construct it through
     :meth:`create` (or the module constructors), which validates like torch does.
     ``gate_activation`` (not torch's: torch's gates are always ``"sigmoid"``) is ``"sigmoid"``
-    or a :class:`~jaxlstm.functional.cells.hard_sigmoid.HardSigmoid` (Keras, ONNX).
+    or a :class:`~jaxlstm.gates.HardSigmoid` (Keras, ONNX).
     """
 
     input_size: int
@@ -144,11 +120,6 @@ class LSTMConfig:
         )
 
     @property
-    def cell(self) -> Any:
-        """The :class:`~jaxlstm.functional.cells.Cell` the layers run (its gates)."""
-        return gate_cell(self.gate_activation)
-
-    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -200,11 +171,6 @@ class LSTMCellConfig:
         _check_sizes(input_size, hidden_size)
         return cls(input_size=input_size, hidden_size=hidden_size, bias=bool(bias),
                    gate_activation=check_gate_activation(gate_activation))
-
-    @property
-    def cell(self) -> Any:
-        """The :class:`~jaxlstm.functional.cells.Cell` one step runs (its gates)."""
-        return gate_cell(self.gate_activation)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         gates = 4 * self.hidden_size

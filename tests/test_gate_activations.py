@@ -14,9 +14,9 @@ import jaxlstm
 from jaxlstm import reference
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
 from jaxlstm.functional import Layered, Remat, Wavefront, lstm, lstm_cell
-from jaxlstm.functional.cells import LSTM_CELL, HardSigmoidLSTM
+from jaxlstm.functional.cells import LSTM_CELL, HardSigmoidLSTM, lstm_cell_for
 from jaxlstm.functional.cells.base import step
-from jaxlstm.functional.cells.hard_sigmoid import KERAS2, KERAS3
+from jaxlstm.gates import KERAS2, KERAS3
 
 GATES = {"keras2": KERAS2, "keras3": KERAS3, "onnx": jaxlstm.HardSigmoid(0.7, 0.3)}
 CASES = {
@@ -155,7 +155,7 @@ def test_lstm_cell_and_the_modules_take_the_gate_activation():
                       ).max() <= 1e-6
     assert model.gate_activation == KERAS2 and cell.gate_activation == KERAS3
     assert jaxlstm.LSTM(3, 4).gate_activation == "sigmoid"
-    assert LSTMConfig.create(3, 4).cell is LSTM_CELL  # torch's path, unchanged
+    assert lstm_cell_for(LSTMConfig.create(3, 4).gate_activation) is LSTM_CELL  # unchanged
     assert hash(LSTMConfig.create(3, 4, gate_activation=jaxlstm.HardSigmoid(0.2)))
 
 

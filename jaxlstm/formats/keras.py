@@ -174,7 +174,7 @@ def to_keras_lstm(
 def _keras_gate_name(gate_activation: Any) -> str:
     """Keras 3's ``recurrent_activation`` for ``gate_activation``, or an error naming why
     Keras 3 has none."""
-    from jaxlstm.functional.cells.hard_sigmoid import KERAS3
+    from jaxlstm.gates import KERAS3
 
     if gate_activation == "sigmoid":
         return "sigmoid"

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from jaxlstm.formats._common import split_bias
-from jaxlstm.functional.cells.hard_sigmoid import KERAS2, KERAS3
+from jaxlstm.gates import KERAS2, KERAS3
 from jaxlstm.readers import hdf5
 from jaxlstm.readers.guard import CheckpointError, name, open_zip, read_member
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxlstm.config import LSTMCellConfig, param_suffix
 from jaxlstm.formats._common import directions
-from jaxlstm.functional.cells.hard_sigmoid import HardSigmoid
+from jaxlstm.gates import HardSigmoid
 
 FMT = "ONNX"
 _TORCH_FROM_ONNX = (0, 2, 3, 1)  # torch i, f, g, o are ONNX blocks i=0, f=2, c=3, o=1
@@ -85,7 +85,7 @@ def _check_node(node: Any, attributes: Mapping[str, Any], inputs: list[str]) -> 
 
 def gate_activation(node: Any, attributes: Mapping[str, Any]) -> Any:
     """The node's gate activation: ``"sigmoid"`` (ONNX's default, torch's) or a
-    :class:`~jaxlstm.functional.cells.hard_sigmoid.HardSigmoid` for ``activations`` =
+    :class:`~jaxlstm.gates.HardSigmoid` for ``activations`` =
     ``[HardSigmoid, Tanh, Tanh]`` per direction. ``activation_alpha``/``activation_beta`` are
     consumed in the order of the activations that take them (ONNX Runtime's reading; here
     HardSigmoid's, one per direction), ONNX's defaults 0.2 and 0.5 where absent; both

@@ -10,8 +10,8 @@ The gates i, f, o are ``hard_sigmoid(z) = clip(alpha * z + beta, 0, 1)`` instead
 Who uses which constants:
 
 - Keras <= 2.x and tf.keras (``recurrent_activation="hard_sigmoid"``, the default of every
-  Keras LSTM up to 2.2): ``alpha = 0.2``, ``beta = 0.5`` (:data:`KERAS2`).
-- Keras 3: ``alpha = 1/6``, ``beta = 0.5`` (``relu6(x + 3) / 6``, :data:`KERAS3`).
+  Keras LSTM up to 2.2): ``alpha = 0.2``, ``beta = 0.5`` (:data:`jaxlstm.gates.KERAS2`).
+- Keras 3: ``alpha = 1/6``, ``beta = 0.5`` (``relu6(x + 3) / 6``, :data:`jaxlstm.gates.KERAS3`).
 - ONNX ``LSTM`` with ``activations=[HardSigmoid, Tanh, Tanh]``: the node's ``activation_alpha``
   and ``activation_beta`` (ONNX's defaults are 0.2 and 0.5).
 
@@ -26,48 +26,12 @@ the two differ only on a set of measure zero, never reached by a random input.)
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm.functional.carriers import Array
 from jaxlstm.functional.cells.base import Cell
-
-
-@dataclasses.dataclass(frozen=True)
-class HardSigmoid:
-    """The gate activation ``clip(alpha * x + beta, 0, 1)``; hashable, a static argument.
-
-    **Arguments:**
-
-    - ``alpha``: the slope (a finite, nonzero number); Keras 2 0.2, Keras 3 1/6.
-    - ``beta``: the offset (a finite number); 0.5 in Keras and ONNX's default.
-
-    Use :data:`KERAS2` / :data:`KERAS3` for Keras' two definitions.
-    """
-
-    alpha: float
-    beta: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                    or not math.isfinite(value):
-                raise ValueError(f"HardSigmoid {name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.alpha == 0:
-            raise ValueError("HardSigmoid alpha must be nonzero (alpha=0 makes a constant gate)")
-
-    def __str__(self) -> str:
-        return f"hard_sigmoid(alpha={self.alpha:.10g}, beta={self.beta:.10g})"
-
-
-KERAS2 = HardSigmoid(0.2, 0.5)
-"""Keras <= 2.x and tf.keras: ``clip(0.2 x + 0.5, 0, 1)``."""
-KERAS3 = HardSigmoid(1.0 / 6.0, 0.5)
-"""Keras 3: ``clip(x / 6 + 0.5, 0, 1)``."""
+from jaxlstm.gates import KERAS2, HardSigmoid
 
 
 def _gate_columns(hidden: int) -> np.ndarray:
@@ -94,7 +58,7 @@ class HardSigmoidLSTM(Cell):
         scale = np.where(columns, self.gate.alpha, 1.0).astype(dtype)
         return scale, np.where(columns, self.gate.beta, 0.0).astype(dtype)
 
-    def _parts(self, u: Array) -> tuple[Array, Array, Array, Array]:
+    def _parts(self, u):
         """``(hs(i), hs(f), tanh(g), hs(o))`` from the record ``u``."""
         u_i, u_f, g, u_o = jnp.split(u, 4, axis=-1)
         return (jnp.clip(u_i, 0.0, 1.0), jnp.clip(u_f, 0.0, 1.0), g, jnp.clip(u_o, 0.0, 1.0))
