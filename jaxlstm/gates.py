@@ -2,7 +2,7 @@
 :class:`HardSigmoid` is Keras' and ONNX's ``clip(alpha * x + beta, 0, 1)``.
 
 A value here is a plain, hashable description (part of ``LSTMConfig``, a static argument of the
-loops); the math is the cell's (:mod:`jaxlstm.functional.cells.hard_sigmoid`).
+loops); the math is the cell's (``jaxlstm.functional.cells.hard_sigmoid``).
 """
 
 from __future__ import annotations

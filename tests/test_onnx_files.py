@@ -32,6 +32,17 @@ def _lstm_graph(name, rng, layout=0, steps=5, batch=2):
     return node, inits, rng.standard_normal(x_shape).astype(np.float32)
 
 
+def _save_one_node(path, node, inits, x):
+    """A model of ``node`` alone (input ``X`` shaped like ``x``, output ``Y``), saved to
+    ``path``: ``(model, path)``."""
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.save(model, path)
+    return model, path
+
+
 def _run(model, feeds):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
@@ -76,12 +87,7 @@ def test_lstm_inside_an_if_branch_is_found_and_matches_onnx_runtime(tmp_path, ca
 def test_layout_1_ports_batch_first(tmp_path, capsys):
     rng = np.random.default_rng(1)
     node, inits, x = _lstm_graph("lstm", rng, layout=1)
-    graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    path = tmp_path / "batch_major.onnx"
-    onnx.save(model, path)
+    model, path = _save_one_node(tmp_path / "batch_major.onnx", node, inits, x)
     assert read_checkpoint(path).lstm_info["lstm."]["batch_first"]
     # ONNX Runtime's CPU LSTM refuses layout=1: run the same node time-major instead.
     stored = model.graph.node[0]
@@ -174,12 +180,7 @@ def test_hard_sigmoid_nodes_port_and_match_onnx_runtime(tmp_path, capsys, direct
                             hidden_size=HIDDEN, direction=direction,
                             activations=["HardSigmoid", "Tanh", "Tanh"] * count, **extra)
     x = rng.standard_normal((6, 2, INPUT)).astype(np.float32)
-    graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    path = tmp_path / "hard.onnx"
-    onnx.save(model, path)
+    model, path = _save_one_node(tmp_path / "hard.onnx", node, inits, x)
     alpha, beta = alpha_beta or (0.2, 0.5)
     # Given constants are float32 attributes; absent ones are ONNX's defaults, 0.2 and 0.5.
     gate = jaxlstm.HardSigmoid(*(float(np.float32(a)) for a in alpha_beta)) if alpha_beta \
