@@ -13,7 +13,7 @@ directional derivative against central differences of this reference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,6 +127,27 @@ def compare(config: Any, weights: Mapping[str, Any], dtype: str, *, x: Any = Non
             errors["gradient (directional)"] = abs(directional - numeric) / max(abs(numeric),
                                                                                 1e-12)
     return errors
+
+
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "gradient (directional)": 1e-6}
+"""Relative tolerances of :func:`report`: the outputs per dtype; the float64 gradient against
+central differences (step 1e-6, whose own error is ~1e-9)."""
+
+
+def report(config: Any, weights: Mapping[str, Any], dtypes: Sequence[str], **inputs: Any
+           ) -> tuple[str, list[str]]:
+    """:func:`compare` in each of ``dtypes`` (``inputs``: its ``x``, ``steps``, ``batch``,
+    ``seed``), as ``(table, failures)``: a readable table and one line per tensor outside
+    :data:`TOLERANCE`."""
+    lines, failures = [], []
+    for dtype in dtypes:
+        lines.append(f"\n{dtype}:")
+        for tensor, error in compare(config, weights, dtype, **inputs).items():
+            ok = bool(np.isfinite(error)) and error <= TOLERANCE.get(tensor, TOLERANCE[dtype])
+            lines.append(f"{tensor:<24} {error:9.1e}  {'pass' if ok else 'FAIL'}")
+            if not ok:
+                failures.append(f"{tensor} ({dtype}): relative error {error:.2e}")
+    return "\n".join(lines), failures
 
 
 def _relative(actual: Any, expected: np.ndarray) -> float:

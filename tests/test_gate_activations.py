@@ -187,3 +187,14 @@ def test_bad_gate_activations_name_the_argument(value, match):
 def test_bad_hard_sigmoid_constants_are_refused(alpha, beta):
     with pytest.raises(ValueError, match="HardSigmoid"):
         jaxlstm.HardSigmoid(alpha, beta)
+
+
+def test_the_reference_report_names_a_mismatch(monkeypatch):
+    config, params, x, _ = _setup(KERAS2, "2 layers", steps=4, batch=2)
+    table, failures = reference.report(config, params, ["float64"], x=x)
+    assert not failures and "gradient (directional)" in table
+    # A reference with Keras 3's constants disagrees with a port of Keras 2's.
+    monkeypatch.setattr(reference, "gate_function", lambda gate: (
+        lambda z: np.clip(z / 6 + 0.5, 0.0, 1.0)))
+    table, failures = reference.report(config, params, ["float64"], x=x)
+    assert any(f.startswith("output (float64)") for f in failures) and "FAIL" in table
