@@ -21,6 +21,12 @@ The derivative at the kinks is TensorFlow's: Keras 2 and tf.keras compute ``hard
 ``u < 0`` and ``u > 1`` only). So ``hs'(x) = alpha`` for ``0 <= u <= 1``, the kinks included,
 and 0 elsewhere. (Keras 3 on JAX differentiates ``jax.nn.relu6``, which gives 0 at the kinks;
 the two differ only on a set of measure zero, never reached by a random input.)
+
+Cost, measured on a 2-core CPU (T=100, N=32, I=128, H=256, float32, fwd+bwd): ~4.5x torch's
+sigmoid cell in the same run, almost all in the recording forward loop: XLA fuses the cheap
+affine gates into each of their consumers, which then all read the step's row of input
+projections that the record overwrites, so XLA copies that buffer every step. The forward pass
+alone (no recording) is ~1.25x, the backward loop the same as the sigmoid cell's.
 """
 
 from __future__ import annotations
