@@ -11,6 +11,7 @@ import importlib
 
 from jaxlstm import functional
 from jaxlstm.config import LSTMCellConfig, LSTMConfig
+from jaxlstm.gates import HardSigmoid
 from jaxlstm.nnx import LSTM, BiLSTM, LSTMCell
 from jaxlstm.porting import (
     find_lstms,
@@ -31,12 +32,14 @@ _LAZY_SUBMODULES = (
     "files",
     "formats",
     "linen",
+    "reference",
     "testing",
 )
 
 __all__ = [
     "LSTM",
     "BiLSTM",
+    "HardSigmoid",
     "LSTMCell",
     "LSTMConfig",
     "LSTMCellConfig",

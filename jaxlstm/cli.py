@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from jaxlstm.config import LSTMConfig
 
@@ -204,6 +205,8 @@ def _recorded(info: dict) -> str:
         stated = "" if info.get("recorded") else " (Keras' default, not stated in the file)"
         parts.append(f"activation {info['activation']}, recurrent_activation "
                      f"{info['recurrent_activation']}{stated}")
+    if "gate_activation" in info:
+        parts.append(f"ported with gate_activation={info['gate_activation']}")
     if info.get("batch_first"):
         parts.append("batch-first input" + (" (layout=1)" if info.get("source") == "onnx"
                                             else "") + ": ported with batch_first=True")
@@ -244,12 +247,15 @@ def _convert(args: argparse.Namespace) -> int:
     chosen = select_lstm(checkpoint.state_dict, args.prefix, source=f"file {args.input!r}",
                          container=checkpoint.wrapper)
     check_portable(checkpoint, chosen.prefix)
+    gates = checkpoint.lstm_info.get(chosen.prefix, {}).get("gate_activation", "sigmoid")
     try:
-        write(chosen.weights, output, fmt, merge_biases=args.merge_biases, force=args.force)
+        write(chosen.weights, output, fmt, merge_biases=args.merge_biases, force=args.force,
+              gate_activation=gates)
     except ValueError as error:
         raise ValueError(str(error).replace("merge_biases=True", "--merge-biases")) from error
     where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
-    print(f"wrote {args.output} ({fmt.name}): {describe(chosen.config)} from {where}"
+    print(f"wrote {args.output} ({fmt.name}): {describe(chosen.config)}"
+          f"{'' if gates == 'sigmoid' else f' with {gates} gates'} from {where}"
           f"{args.input}, {chosen.param_count:,} parameters")
     return 0
 
@@ -260,9 +266,11 @@ def _parity_file(argv: list[str]) -> int:
         prog="jaxlstm parity",
         description="Prove a port: build the torch nn.LSTM/LSTMCell from FILE's own weights, "
                     "port it with jaxlstm, and compare output, h_n, c_n and the gradients of a "
-                    "scalar loss w.r.t. every weight, the input and (h0, c0). Exit 0 when "
-                    "everything matches, 1 when not (the failing tensors are named). Without "
-                    "FILE: the parity grid.",
+                    "scalar loss w.r.t. every weight, the input and (h0, c0); an LSTM with "
+                    "hard-sigmoid gates, which torch lacks, against an independent float64 "
+                    "NumPy reference (outputs, and the gradient against finite differences). "
+                    "Exit 0 when everything matches, 1 when not (the failing tensors are "
+                    "named). Without FILE: the parity grid.",
     )
     parser.add_argument("file", metavar="FILE", help="checkpoint (any format jaxlstm inspect "
                         "reads)")
@@ -283,25 +291,29 @@ def _parity_file(argv: list[str]) -> int:
         return int(done.code or 0)
 
     def run() -> int:
-        try:
-            from jaxlstm import testing
-        except ImportError as error:
-            raise ImportError(f"{error} (jaxlstm parity needs torch: pip install "
-                              "'jaxlstm[torch]')") from error
         import numpy as np
-        import torch
 
         from jaxlstm.arrays import describe
         from jaxlstm.discovery import select_lstm
         from jaxlstm.files import check_portable, read_checkpoint
-        from jaxlstm.porting import torch_module
 
         checkpoint = read_checkpoint(args.file)
         chosen = select_lstm(checkpoint.state_dict, args.prefix, container=checkpoint.wrapper,
                              source=f"file {args.file!r}")
         check_portable(checkpoint, chosen.prefix)
-        batch_first = args.batch_first or bool(
-            checkpoint.lstm_info.get(chosen.prefix, {}).get("batch_first"))
+        recorded = checkpoint.lstm_info.get(chosen.prefix, {})
+        batch_first = args.batch_first or bool(recorded.get("batch_first"))
+        if "gate_activation" in recorded:  # no torch module computes these gates
+            return _parity_reference(args, chosen, batch_first, recorded["gate_activation"])
+        try:
+            from jaxlstm import testing
+        except ImportError as error:
+            raise ImportError(f"{error} (jaxlstm parity needs torch: pip install "
+                              "'jaxlstm[torch]')") from error
+        import torch
+
+        from jaxlstm.porting import torch_module
+
         # A NaN/Inf weight makes both sides NaN alike; name it rather than only its effects.
         broken = {name: int(np.size(a) - np.isfinite(np.asarray(a, np.float64)).sum())
                   for name, a in chosen.weights.items()}
@@ -330,6 +342,30 @@ def _parity_file(argv: list[str]) -> int:
         return 0 if passed else 1
 
     return _guarded("parity", run)
+
+
+def _parity_reference(args: argparse.Namespace, chosen: Any, batch_first: bool,
+                      gates: Any) -> int:
+    """``parity FILE`` for gates torch has none of: the port against
+    :mod:`jaxlstm.reference`, an independent float64 NumPy LSTM."""
+    import numpy as np
+
+    from jaxlstm import reference
+    from jaxlstm.arrays import describe
+
+    config = dataclasses.replace(chosen.config, batch_first=batch_first, gate_activation=gates)
+    where = f"prefix {chosen.prefix!r} of " if chosen.prefix else ""
+    print(f"{where}{args.file}: {describe(chosen.config)}, gates {gates}; torch has no such "
+          "gates, so the reference is jaxlstm.reference (float64 NumPy loops)")
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    x = None if args.input is None else np.load(args.input)
+    table, failures = reference.report(config, chosen.weights, dtypes, x=x, steps=args.steps,
+                                       batch=args.batch, seed=args.seed)
+    print(table)
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print("\nparity: " + ("MISMATCH" if failures else "the port matches the reference"))
+    return 1 if failures else 0
 
 
 def _run_suite(command: str, argv: list[str]) -> int:

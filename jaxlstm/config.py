@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm.gates import check_gate_activation
+
 
 def _check_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
@@ -55,6 +57,8 @@ class LSTMConfig:
 
     Hashable, so it can be a static argument of ``jax.jit``. Construct it through
     :meth:`create` (or the module constructors), which validates like torch does.
+    ``gate_activation`` (not torch's: torch's gates are always ``"sigmoid"``) is ``"sigmoid"``
+    or a :class:`~jaxlstm.gates.HardSigmoid` (Keras, ONNX).
     """
 
     input_size: int
@@ -65,6 +69,7 @@ class LSTMConfig:
     dropout: float = 0.0
     bidirectional: bool = False
     proj_size: int = 0
+    gate_activation: Any = "sigmoid"
 
     @classmethod
     def create(
@@ -77,6 +82,7 @@ class LSTMConfig:
         dropout: float = 0.0,
         bidirectional: bool = False,
         proj_size: int = 0,
+        gate_activation: Any = "sigmoid",
     ) -> LSTMConfig:
         """Validate the arguments in torch's order and with torch's messages."""
         check_dropout(dropout)
@@ -100,6 +106,7 @@ class LSTMConfig:
             )
         if proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
+        gate_activation = check_gate_activation(gate_activation)
         return cls(
             input_size=input_size,
             hidden_size=hidden_size,
@@ -109,6 +116,7 @@ class LSTMConfig:
             dropout=float(dropout),
             bidirectional=bool(bidirectional),
             proj_size=proj_size,
+            gate_activation=gate_activation,
         )
 
     @property
@@ -149,16 +157,20 @@ class LSTMConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LSTMCellConfig:
-    """The architecture of a single LSTM cell, exactly ``torch.nn.LSTMCell``'s arguments."""
+    """The architecture of a single LSTM cell, exactly ``torch.nn.LSTMCell``'s arguments, and
+    ``gate_activation`` as in :class:`LSTMConfig`."""
 
     input_size: int
     hidden_size: int
     bias: bool = True
+    gate_activation: Any = "sigmoid"
 
     @classmethod
-    def create(cls, input_size: int, hidden_size: int, bias: bool = True) -> LSTMCellConfig:
+    def create(cls, input_size: int, hidden_size: int, bias: bool = True,
+               gate_activation: Any = "sigmoid") -> LSTMCellConfig:
         _check_sizes(input_size, hidden_size)
-        return cls(input_size=input_size, hidden_size=hidden_size, bias=bool(bias))
+        return cls(input_size=input_size, hidden_size=hidden_size, bias=bool(bias),
+                   gate_activation=check_gate_activation(gate_activation))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         gates = 4 * self.hidden_size

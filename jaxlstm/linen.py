@@ -86,7 +86,7 @@ class _LSTMBase(_TorchNamedParams):
     def config(self) -> LSTMConfig:
         return _lstm_config(
             self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
-            self.dropout, self.bidirectional, self.proj_size,
+            self.dropout, self.bidirectional, self.proj_size, self.gate_activation,
         )
 
     def __post_init__(self) -> None:
@@ -158,6 +158,8 @@ class LSTM(_LSTMBase):
       the one below (default ``False``; see :func:`jaxlstm.functional.lstm`).
     - ``deterministic``: ``True`` disables dropout; may instead be passed at call time (the call
       argument wins). Needed only when ``dropout > 0`` and ``num_layers > 1``.
+    - ``gate_activation``: ``"sigmoid"`` (torch's, the default) or ``jaxlstm.HardSigmoid(alpha,
+      beta)``, as in :class:`jaxlstm.LSTM`.
 
     **Call:** ``output, (h_n, c_n) = lstm.apply(variables, x, hx=None, *, seq_lengths=None,
     deterministic=None, rngs={'dropout': key})``
@@ -192,6 +194,7 @@ class LSTM(_LSTMBase):
     remat: bool | int = False
     wavefront: bool = False
     deterministic: bool | None = None
+    gate_activation: Any = "sigmoid"
 
 
 class BiLSTM(_LSTMBase):
@@ -214,6 +217,7 @@ class BiLSTM(_LSTMBase):
     unroll: int = 1
     remat: bool | int = False
     deterministic: bool | None = None
+    gate_activation: Any = "sigmoid"
 
     @property
     def bidirectional(self) -> bool:
@@ -224,7 +228,7 @@ class LSTMCell(_TorchNamedParams):
     """One LSTM step as a Flax Linen module, argument-for-argument ``torch.nn.LSTMCell``.
 
     **Arguments:** ``input_size``, ``hidden_size``, ``bias`` (torch's); ``param_dtype``,
-    ``dtype``, ``precision`` as in :class:`LSTM`.
+    ``dtype``, ``precision``, ``gate_activation`` as in :class:`LSTM`.
 
     **Call:** ``h_1, c_1 = cell.apply(variables, x, hx=None)`` with ``x`` ``(N, I)`` or ``(I,)``
     and ``hx = (h_0, c_0)``, each ``(N, H)`` or ``(H,)`` (zeros when omitted).
@@ -239,10 +243,11 @@ class LSTMCell(_TorchNamedParams):
     param_dtype: Any = jnp.float32
     dtype: Any = None
     precision: Any = None
+    gate_activation: Any = "sigmoid"
 
     @property
     def config(self) -> LSTMCellConfig:
-        return _cell_config(self.input_size, self.hidden_size, self.bias)
+        return _cell_config(self.input_size, self.hidden_size, self.bias, self.gate_activation)
 
     def __post_init__(self) -> None:
         self.config  # noqa: B018 - validate at construction, with torch's errors

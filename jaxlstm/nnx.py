@@ -58,6 +58,7 @@ class _TorchNamedParams(nnx.Module):
     input_size = _constructor_argument("input_size")
     hidden_size = _constructor_argument("hidden_size")
     bias = _constructor_argument("bias")
+    gate_activation = _constructor_argument("gate_activation")
 
     def _init_params(
         self, rngs: nnx.Rngs, param_dtype: Any, params: Mapping[str, Any] | None
@@ -135,6 +136,12 @@ class LSTM(_TorchNamedParams):
       behind layer ``l`` (``L + T - 1`` sequential steps instead of ``L * T``; same numbers).
       Default ``False``: on CPU the layer-by-layer schedule is faster; see
       :func:`jaxlstm.functional.lstm`. A bidirectional LSTM, or ``remat`` with it, raises.
+    - ``gate_activation``: the activation of the gates i, f, o: ``"sigmoid"`` (torch's, the
+      default) or ``jaxlstm.HardSigmoid(alpha, beta)``, ``clip(alpha * x + beta, 0, 1)``
+      (Keras 2 / tf.keras ``hard_sigmoid``: ``HardSigmoid(0.2, 0.5)``; Keras 3's:
+      ``HardSigmoid(1 / 6, 0.5)``; ONNX ``HardSigmoid``: its ``alpha``, ``beta``). Every schedule
+      and both derivative modes run either; a hard-sigmoid model has no torch counterpart, so
+      ``jaxlstm.to_torch`` refuses it.
 
     **Call:** ``output, (h_n, c_n) = lstm(x, hx=None, *, seq_lengths=None)``
 
@@ -151,8 +158,9 @@ class LSTM(_TorchNamedParams):
       ``(D*num_layers, N, H)``, indexed ``layer*D + direction``.
 
     **Attributes** (torch's): ``input_size``, ``hidden_size``, ``num_layers``, ``bias``,
-    ``batch_first``, ``dropout``, ``bidirectional``, ``proj_size`` as constructed, read-only
-    except ``dropout``, which may be set (``lstm.dropout = 0.3``, validated like the constructor
+    ``batch_first``, ``dropout``, ``bidirectional``, ``proj_size`` as constructed, and
+    ``gate_activation`` (not torch's), read-only except ``dropout``, which may be set
+    (``lstm.dropout = 0.3``, validated like the constructor
     argument) and acts from the next call in training mode; ``all_weights``: the ``nnx.Param``s
     of each ``(layer, direction)`` in torch's order.
 
@@ -189,10 +197,11 @@ class LSTM(_TorchNamedParams):
         remat: bool | int = False,
         wavefront: bool = False,
         params: Mapping[str, Any] | None = None,
+        gate_activation: Any = "sigmoid",
     ):
         self.config = LSTMConfig.create(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            proj_size,
+            proj_size, gate_activation,
         )
         rngs = _rngs_or_fresh(rngs)
         self._init_params(rngs, param_dtype, params)
@@ -309,8 +318,11 @@ class LSTMCell(_TorchNamedParams):
       ``param_dtype``, ``dtype``, ``precision``, ``params``: as in :class:`LSTM` (with
       ``dtype=None``, ``x`` and ``hx`` must have the parameters' dtype; a mismatch raises
       ``RuntimeError`` as torch).
+    - ``gate_activation``: ``"sigmoid"`` (torch's, the default) or ``jaxlstm.HardSigmoid(alpha,
+      beta)``, as in :class:`LSTM`.
 
-    **Attributes:** ``input_size``, ``hidden_size``, ``bias`` (torch's; read-only).
+    **Attributes:** ``input_size``, ``hidden_size``, ``bias`` (torch's), ``gate_activation``;
+    read-only.
 
     **Call:** ``h_1, c_1 = cell(x, hx=None)`` with ``x`` ``(N, I)`` or ``(I,)``, ``hx = (h_0,
     c_0)`` each ``(N, H)`` or ``(H,)`` (zeros when omitted); returns ``h_1, c_1`` of the same shape.
@@ -338,8 +350,9 @@ class LSTMCell(_TorchNamedParams):
         dtype: Any = None,
         precision: Any = None,
         params: Mapping[str, Any] | None = None,
+        gate_activation: Any = "sigmoid",
     ):
-        self.config = LSTMCellConfig.create(input_size, hidden_size, bias)
+        self.config = LSTMCellConfig.create(input_size, hidden_size, bias, gate_activation)
         rngs = _rngs_or_fresh(rngs)
         self._init_params(rngs, param_dtype, params)
         self.dtype = dtype
@@ -373,7 +386,8 @@ def from_weights(
     - ``param_dtype``: dtype of the parameters; default the weights' own (``bfloat16`` stays).
     - ``rngs``: seeds dropout; default ``nnx.Rngs(0)`` (the weights come from ``state_dict``).
     - ``source``: how errors name the weights.
-    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``, ``wavefront``.
+    - ``module_kwargs``: ``dtype``, ``precision``, ``unroll``, ``remat``, ``wavefront``,
+      ``gate_activation``.
 
     The module is built from the weights directly (no random init is drawn).
     """

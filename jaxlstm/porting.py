@@ -29,7 +29,8 @@ from jaxlstm.nnx import LSTM, LSTMCell, from_weights
 
 __all__ = [
     "FoundLSTM", "describe", "find_lstms", "from_checkpoint", "from_torch", "infer_config",
-    "load_params", "select_lstm", "to_numpy", "to_torch", "to_tensor", "to_torch_module",
+    "check_torch_gates", "load_params", "select_lstm", "to_numpy", "to_torch", "to_tensor",
+    "to_torch_module",
     "torch_weights",
     "unwrap_state_dict",
 ]
@@ -146,9 +147,21 @@ def to_torch(model: LSTM | LSTMCell) -> dict[str, np.ndarray]:
     """The model's parameters as a torch ``state_dict`` of numpy arrays.
 
     ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)``
-    loads it into a ``torch.nn.LSTM``/``LSTMCell`` of the same configuration.
+    loads it into a ``torch.nn.LSTM``/``LSTMCell`` of the same configuration. A model whose
+    ``gate_activation`` is not ``"sigmoid"`` raises: torch's modules have no other gates.
     """
+    check_torch_gates(model.config)
     return {name: to_numpy(value, name).copy() for name, value in model.params().items()}
+
+
+def check_torch_gates(config: LSTMConfig | LSTMCellConfig) -> None:
+    """Raise unless ``config``'s gates are torch's sigmoid (all that ``nn.LSTM`` computes)."""
+    if config.gate_activation != "sigmoid":
+        raise ValueError(
+            f"this model's gates are {config.gate_activation}; torch's nn.LSTM/nn.LSTMCell "
+            "cannot hold hard-sigmoid gates (they are always sigmoid), so its weights in torch "
+            "would compute something else. Save it as ONNX (jaxlstm convert, or "
+            "jaxlstm.formats.onnx.write_onnx(..., gate_activation=...)), which can")
 
 
 def to_torch_module(model: LSTM | LSTMCell) -> Any:
@@ -209,9 +222,12 @@ def from_checkpoint(
     - ``source``: a path to any file :func:`jaxlstm.files.read_checkpoint` reads (``.pt``,
       ``.pth``, ``.bin``, ``.ckpt`` nested to any depth, TorchScript archives,
       ``.safetensors`` and sharded ``*.index.json``, ``.onnx``, ``.npz``, Keras ``.h5``/
-      ``.keras``), or a (nested) state dict of a whole model. An LSTM the file records as
-      computing something else than torch's (a Keras ``hard_sigmoid`` gate, ...) raises
-      :class:`~jaxlstm.files.CheckpointError`.
+      ``.keras``), or a (nested) state dict of a whole model. A hard-sigmoid LSTM (Keras
+      ``recurrent_activation="hard_sigmoid"``, ONNX ``HardSigmoid`` gates) ports with the
+      ``gate_activation`` the file records (Keras 2's or Keras 3's constants, by the Keras
+      version; ONNX's ``activation_alpha``/``activation_beta``). An LSTM the file records as
+      computing anything else jaxlstm cannot (another activation, ``go_backwards``, ...)
+      raises :class:`~jaxlstm.files.CheckpointError`.
     - ``prefix``: which LSTM, e.g. ``"encoder.rnn."`` (see :func:`find_lstms`, or ``jaxlstm
       inspect FILE``); may be omitted when the source holds exactly one. Errors list the
       prefixes found.
@@ -250,4 +266,6 @@ def from_checkpoint(
     recorded = checkpoint.lstm_info.get(found.prefix, {})
     if "batch_first" in recorded and isinstance(found.config, LSTMConfig):
         config.setdefault("batch_first", recorded["batch_first"])
+    if "gate_activation" in recorded:
+        config.setdefault("gate_activation", recorded["gate_activation"])
     return from_weights(weights, param_dtype=param_dtype, source=where, **config)

@@ -110,21 +110,54 @@ def test_keras3_files_port_and_match_keras(tmp_path, capsys, keras_model, suffix
     assert cli.main(["parity", str(path), "--prefix", encoder, "--dtype", "float64"]) == 0
 
 
-def test_keras3_hard_sigmoid_is_refused_naming_the_layer(tmp_path, capsys, keras_model):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_keras3_hard_sigmoid_ports_matches_keras_and_converts_back(tmp_path, capsys,
+                                                                   keras_model, bidirectional):
     keras, _, x = keras_model
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(
-        4, recurrent_activation="hard_sigmoid", name="old_style")])
+    layer = keras.layers.LSTM(4, recurrent_activation="hard_sigmoid", return_sequences=True,
+                              name="old_style")
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer, name="old_style")
+    model = keras.Sequential([keras.Input((None, 3)), layer])
+    # Large weights saturate gates, so the clipped branches are exercised.
+    model.set_weights([3 * w for w in model.get_weights()])
     path = tmp_path / "hard.keras"
     model.save(path)
     info = read_checkpoint(path).lstm_info["old_style."]
     assert info["recurrent_activation"] == "hard_sigmoid" and info["keras_version"] == "3"
-    with pytest.raises(CheckpointError, match="'old_style'.*hard_sigmoid.*torch's sigmoid"):
+    assert info["gate_activation"] == jaxlstm.HardSigmoid(1 / 6, 0.5)
+    want = np.asarray(model(x))
+    ported = jaxlstm.from_checkpoint(path)
+    assert ported.gate_activation == jaxlstm.HardSigmoid(1 / 6, 0.5)
+    assert np.abs(np.asarray(ported(x)[0]) - want).max() <= 1e-5
+    assert np.abs(port_output(path, x) - want).max() <= 1e-5
+    assert cli.main(["inspect", str(path)]) == 0
+    assert "gate_activation=hard_sigmoid(alpha=0.1666666667, beta=0.5)" in capsys.readouterr().out
+    assert cli.main(["parity", str(path)]) == 0
+    back = tmp_path / "back.keras"
+    assert cli.main(["convert", str(path), str(back)]) == 0
+    loaded = keras.saving.load_model(back)
+    inner = loaded.layers[0].forward_layer if bidirectional else loaded.layers[0]
+    assert inner.recurrent_activation is keras.activations.hard_sigmoid
+    assert np.abs(np.asarray(loaded(x)) - want).max() <= 1e-5
+    assert cli.main(["convert", str(path), str(tmp_path / "x.npz")]) == 1
+    assert "sigmoid gates only" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_keras3_layers_other_activations_are_refused_naming_the_layer(tmp_path, capsys,
+                                                                      keras_model):
+    keras, _, _ = keras_model
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(
+        4, recurrent_activation="relu", name="odd")])
+    path = tmp_path / "relu.keras"
+    model.save(path)
+    with pytest.raises(CheckpointError, match="'odd'.*recurrent_activation='relu'"):
         jaxlstm.from_checkpoint(path)
     for argv in (["inspect", str(path)], ["convert", str(path), str(tmp_path / "x.npz")],
                  ["parity", str(path)]):
         assert cli.main(argv) == 1, argv
-        assert "hard_sigmoid" in capsys.readouterr().err
-    assert not (tmp_path / "x.npz").exists()
+        assert "relu" in capsys.readouterr().err
 
 
 # --- Keras 1 / 2 layout, written with h5py as Keras 2 writes it --------------------------------
@@ -215,23 +248,18 @@ def test_keras1_lstm_of_twelve_arrays(tmp_path):
     assert np.abs(port_output(path, x) - keras_lstm(x, kernel, recurrent, bias)).max() <= 1e-10
 
 
-@pytest.mark.parametrize("case", ["hard_sigmoid", "relu", "weights-2.2.4", "weights-2.2.4-tf",
-                                  "merge-sum", "go-backwards"])
-def test_keras2_layers_torch_cannot_compute_are_refused(tmp_path, case):
+@pytest.mark.parametrize("case", ["relu", "weights-2.2.4-tf", "merge-sum", "go-backwards"])
+def test_keras2_layers_jaxlstm_cannot_compute_are_refused(tmp_path, case):
     rng = np.random.default_rng(3)
     config = dict(LSTM_CONFIG)
     cls, version, whole = "LSTM", "2.3.1", True
     weights = lstm_weights(rng, 2, 3)
-    if case == "hard_sigmoid":
-        config["recurrent_activation"] = "hard_sigmoid"
-        reason = "recurrent_activation='hard_sigmoid'.*torch's sigmoid"
-    elif case == "relu":
+    if case == "relu":
         config["activation"] = "relu"
         reason = "activation='relu'"
     elif case.startswith("weights"):
         version, whole = case[len("weights-"):], False
-        reason = ("hard_sigmoid.*default of Keras 2.2.4" if version == "2.2.4"
-                  else "does not record its recurrent_activation")
+        reason = "does not record its recurrent_activation"
     elif case == "merge-sum":
         cls = "Bidirectional"
         config = {"merge_mode": "sum", "layer": {"class_name": "LSTM", "config": LSTM_CONFIG}}
@@ -246,6 +274,43 @@ def test_keras2_layers_torch_cannot_compute_are_refused(tmp_path, case):
     assert read_checkpoint(path).lstm_info  # read, recorded
     with pytest.raises(CheckpointError, match=f"'lstm_1'.*{reason}|{reason}.*'lstm_1'"):
         jaxlstm.from_checkpoint(path)
+
+
+def hard_sigmoid(x):
+    """Keras 2's: ``clip(0.2 x + 0.5, 0, 1)``."""
+    return np.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("case", ["recorded", "default of 2.2.4", "Keras 1", "bidirectional"])
+def test_keras2_hard_sigmoid_ports_with_keras2s_constants(tmp_path, capsys, case):
+    rng = np.random.default_rng(3)
+    weights = {k: 3 * v for k, v in lstm_weights(rng, 2, 3).items()}  # saturating gates
+    config, version, whole = {**LSTM_CONFIG, "recurrent_activation": "hard_sigmoid"}, "2.3.1", True
+    layers = [("lstm_1", "LSTM", config, weights)]
+    x = rng.standard_normal((2, 5, 2))
+    want = keras_lstm(x, *weights.values(), gate=hard_sigmoid)
+    if case == "default of 2.2.4":
+        version, whole = "2.2.4", False
+    elif case == "Keras 1":
+        version = "1.2.2"
+        config = {"output_dim": 3, "activation": "tanh", "inner_activation": "hard_sigmoid"}
+        layers = [("lstm_1", "LSTM", config, weights)]
+    elif case == "bidirectional":
+        backward = {k: 3 * v for k, v in lstm_weights(rng, 2, 3).items()}
+        bi = {f"lstm_1/{side}_lstm_1/{k}": v for side, part in
+              (("forward", weights), ("backward", backward)) for k, v in part.items()}
+        layers = [("lstm_1", "Bidirectional", {"merge_mode": "concat", "layer": {
+            "class_name": "LSTM", "config": {"name": "lstm_1", **config}}}, bi)]
+        want = np.concatenate([want, keras_lstm(x[:, ::-1], *backward.values(),
+                                                gate=hard_sigmoid)[:, ::-1]], axis=-1)
+    path = write_keras2(tmp_path / "model.h5", layers, version=version, whole_model=whole)
+    assert read_checkpoint(path).lstm_info["lstm_1."]["gate_activation"] == jaxlstm.HardSigmoid(
+        0.2, 0.5)
+    assert np.abs(port_output(path, x) - want).max() <= 1e-10
+    assert cli.main(["parity", str(path)]) == 0
+    assert cli.main(["convert", str(path), str(tmp_path / "x.keras")]) == 1
+    assert "Keras 3's hard_sigmoid is not Keras 2's" in capsys.readouterr().err
+    assert not (tmp_path / "x.keras").exists()
 
 
 def test_weights_only_keras_2_3_file_ports_assuming_the_default(tmp_path):
@@ -321,18 +386,31 @@ def test_the_reproduced_keras2_layout_is_the_real_files(tmp_path):
     assert _layout(copy) == _layout(CHARS2VEC)
 
 
-def test_a_real_keras_2_2_file_is_read_and_refused_for_its_hard_sigmoid(tmp_path, capsys):
+def test_a_real_keras_2_2_file_ports_with_keras2s_hard_sigmoid(tmp_path, capsys):
     checkpoint = read_checkpoint(CHARS2VEC)
     assert sorted(checkpoint.lstm_info) == ["lstm_1.", "lstm_2."]
     info = checkpoint.lstm_info["lstm_1."]
     assert (info["recurrent_activation"], info["recorded"], info["keras_version"]) == (
         "hard_sigmoid", False, "2.2.0")
+    assert info["gate_activation"] == jaxlstm.HardSigmoid(0.2, 0.5)
     assert checkpoint.state_dict["lstm_1.weight_ih_l0"].shape == (200, 59)
-    with pytest.raises(CheckpointError, match="'lstm_2'.*hard_sigmoid.*change its outputs"):
-        jaxlstm.from_checkpoint(CHARS2VEC, "lstm_2.")
-    assert cli.main(["inspect", str(CHARS2VEC)]) == 1
-    captured = capsys.readouterr()
-    assert "lstm_1. !" in captured.out and "hard_sigmoid" in captured.err
+    with h5py.File(CHARS2VEC, "r") as real:
+        keras_weights = [real[f"lstm_1/lstm_1/{k}:0"][()]
+                         for k in ("kernel", "recurrent_kernel", "bias")]
+    x = np.random.default_rng(7).standard_normal((3, 9, 59))
+    want = keras_lstm(x, *keras_weights, gate=hard_sigmoid)
+    assert np.abs(port_output(CHARS2VEC, x, "lstm_1.") - want).max() <= 1e-10 * np.abs(
+        want).max()
+    model = jaxlstm.from_checkpoint(CHARS2VEC, "lstm_1.")
+    assert model.gate_activation == jaxlstm.HardSigmoid(0.2, 0.5)
+    got32 = np.asarray(model(x.astype(np.float32))[0])
+    assert np.abs(got32 - want).max() <= 1e-5 * np.abs(want).max()
+    assert cli.main(["inspect", str(CHARS2VEC)]) == 0
+    out = capsys.readouterr().out
+    assert "gate_activation=hard_sigmoid(alpha=0.2, beta=0.5)" in out and " !" not in out
+    assert cli.main(["parity", str(CHARS2VEC), "--prefix", "lstm_2."]) == 0
+    assert "matches the reference" in capsys.readouterr().out
     assert cli.main(["convert", str(CHARS2VEC), str(tmp_path / "x.safetensors"),
                      "--prefix", "lstm_1."]) == 1
+    assert "sigmoid gates only" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()

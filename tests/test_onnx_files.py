@@ -32,6 +32,17 @@ def _lstm_graph(name, rng, layout=0, steps=5, batch=2):
     return node, inits, rng.standard_normal(x_shape).astype(np.float32)
 
 
+def _save_one_node(path, node, inits, x):
+    """A model of ``node`` alone (input ``X`` shaped like ``x``, output ``Y``), saved to
+    ``path``: ``(model, path)``."""
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.save(model, path)
+    return model, path
+
+
 def _run(model, feeds):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
@@ -76,12 +87,7 @@ def test_lstm_inside_an_if_branch_is_found_and_matches_onnx_runtime(tmp_path, ca
 def test_layout_1_ports_batch_first(tmp_path, capsys):
     rng = np.random.default_rng(1)
     node, inits, x = _lstm_graph("lstm", rng, layout=1)
-    graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    path = tmp_path / "batch_major.onnx"
-    onnx.save(model, path)
+    model, path = _save_one_node(tmp_path / "batch_major.onnx", node, inits, x)
     assert read_checkpoint(path).lstm_info["lstm."]["batch_first"]
     # ONNX Runtime's CPU LSTM refuses layout=1: run the same node time-major instead.
     stored = model.graph.node[0]
@@ -155,3 +161,90 @@ def test_quantize_dynamic_lstm_matches_onnx_runtime_on_dequantized_weights(
     assert "dequantized from int8" in capsys.readouterr().out
     assert cli.main(["parity", str(target), "--dtype", "float32"]) == 0
     assert cli.main(["convert", str(target), str(tmp_path / "dequantized.npz")]) == 0
+
+
+# --- HardSigmoid gates -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("alpha_beta", [None, (0.3, 0.4)], ids=["defaults", "given"])
+def test_hard_sigmoid_nodes_port_and_match_onnx_runtime(tmp_path, capsys, direction, alpha_beta):
+    rng = np.random.default_rng(5)
+    count = 2 if direction == "bidirectional" else 1
+    inits = [numpy_helper.from_array(2 * rng.standard_normal(shape).astype(np.float32), key)
+             for key, shape in (("W", (count, 4 * HIDDEN, INPUT)),
+                                ("R", (count, 4 * HIDDEN, HIDDEN)), ("B", (count, 8 * HIDDEN)))]
+    extra = {} if alpha_beta is None else {"activation_alpha": [alpha_beta[0]] * count,
+                                           "activation_beta": [alpha_beta[1]] * count}
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], name="lstm",
+                            hidden_size=HIDDEN, direction=direction,
+                            activations=["HardSigmoid", "Tanh", "Tanh"] * count, **extra)
+    x = rng.standard_normal((6, 2, INPUT)).astype(np.float32)
+    model, path = _save_one_node(tmp_path / "hard.onnx", node, inits, x)
+    alpha, beta = alpha_beta or (0.2, 0.5)
+    # Given constants are float32 attributes; absent ones are ONNX's defaults, 0.2 and 0.5.
+    gate = jaxlstm.HardSigmoid(*(float(np.float32(a)) for a in alpha_beta)) if alpha_beta \
+        else jaxlstm.HardSigmoid(0.2, 0.5)
+    assert read_checkpoint(path).lstm_info["lstm."]["gate_activation"] == gate
+    want = _run(model, {"X": x})[0].transpose(0, 2, 1, 3).reshape(6, 2, -1)  # (T, N, D*H)
+    port = jaxlstm.from_checkpoint(path)
+    assert port.gate_activation == gate
+    assert np.abs(np.asarray(port(x)[0]) - want).max() <= 1e-5
+    assert cli.main(["inspect", str(path)]) == 0
+    assert f"gate_activation={gate}" in capsys.readouterr().out
+    assert cli.main(["parity", str(path)]) == 0
+    # convert writes the activation into the exported node; ONNX Runtime runs it alike.
+    target = tmp_path / "again.onnx"
+    assert cli.main(["convert", str(path), str(target)]) == 0
+    exported = onnx.load(target)
+    lstm_node = next(n for n in exported.graph.node if n.op_type == "LSTM")
+    attributes = {a.name: helper.get_attribute_value(a) for a in lstm_node.attribute}
+    assert [a.decode() for a in attributes["activations"]] == ["HardSigmoid", "Tanh",
+                                                               "Tanh"] * count
+    assert np.allclose(attributes["activation_alpha"], [alpha] * count)
+    states = np.zeros((count, 2, HIDDEN), np.float32)
+    again = _run(exported, {"input": x, "h0": states, "c0": states})[0]
+    assert np.abs(again - want).max() <= 1e-6
+
+
+def test_onnx_export_of_a_model_with_hard_sigmoid_gates_runs_in_onnx_runtime(tmp_path):
+    from jaxlstm.formats.onnx import write_onnx
+
+    gate = jaxlstm.HardSigmoid(1 / 6, 0.5)
+    model = jaxlstm.LSTM(INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=True,
+                         gate_activation=gate, rngs=__import__("flax").nnx.Rngs(0))
+    for name, value in model.params().items():  # larger weights saturate some gates
+        getattr(model, name)[...] = 4 * value
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 5, INPUT)).astype(np.float32)
+    h0 = rng.standard_normal((4, 2, HIDDEN)).astype(np.float32)
+    c0 = rng.standard_normal((4, 2, HIDDEN)).astype(np.float32)
+    path = tmp_path / "export.onnx"
+    write_onnx(model.params(), path, batch_first=True, gate_activation=gate)
+    got = _run(onnx.load(path), {"input": x, "h0": h0, "c0": c0})
+    out, (h_n, c_n) = model(x, (h0, c0))
+    for onnx_value, value in zip(got, (out, h_n, c_n)):
+        assert np.abs(onnx_value - np.asarray(value)).max() <= 1e-5
+    assert jaxlstm.from_checkpoint(path).gate_activation == jaxlstm.HardSigmoid(
+        float(np.float32(1 / 6)), 0.5)
+
+
+@pytest.mark.parametrize("activations, extra, match", [
+    (["HardSigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Tanh"], {}, "'activations'"),
+    (["HardSigmoid", "Tanh", "Tanh"] * 2, {"activation_alpha": [0.2, 0.3]}, "directions"),
+    (["HardSigmoid", "Relu", "Tanh"] * 2, {}, "'activations'"),
+])
+def test_hard_sigmoid_nodes_jaxlstm_cannot_run_are_named(tmp_path, activations, extra, match):
+    from jaxlstm.formats.onnx import read_onnx
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (2, 8, 3)), ("R", (2, 8, 2)))]
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=2,
+                            direction="bidirectional", activations=activations, **extra)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", 1, [1, 1, 3])],
+                              [helper.make_tensor_value_info("Y", 1, None)], inits)
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ValueError, match=match):
+        read_onnx(path)

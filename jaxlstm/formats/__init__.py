@@ -37,6 +37,9 @@ class OutputFormat(NamedTuple):
     description: str
     write: Callable[[Mapping[str, Any], Path, bool], None]
     """``write(state_dict, path, merge_biases)`` creates ``path``."""
+    write_gates: Callable[[Mapping[str, Any], Path, bool, Any], None] | None = None
+    """``write_gates(state_dict, path, merge_biases, gate_activation)`` for a format that can
+    hold gates other than sigmoid (``None``: it cannot)."""
 
 
 def _safetensors(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
@@ -53,10 +56,11 @@ def _flax(layout: str) -> Callable[[Mapping[str, Any], Path, bool], None]:
     return write_flax
 
 
-def _keras(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+def _keras(state_dict: Mapping[str, Any], path: Path, merge_biases: bool,
+           gate_activation: Any = "sigmoid") -> None:
     from jaxlstm.formats.keras import write_keras
 
-    write_keras(state_dict, path, merge_biases=merge_biases)
+    write_keras(state_dict, path, merge_biases=merge_biases, gate_activation=gate_activation)
 
 
 def _equinox(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
@@ -65,11 +69,12 @@ def _equinox(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> N
     write_equinox(state_dict, path, merge_biases=merge_biases)
 
 
-def _onnx(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
+def _onnx(state_dict: Mapping[str, Any], path: Path, merge_biases: bool,
+          gate_activation: Any = "sigmoid") -> None:
     from jaxlstm.formats.onnx import write_onnx
 
     del merge_biases  # ONNX's B holds both biases, like torch
-    write_onnx(state_dict, path)
+    write_onnx(state_dict, path, gate_activation=gate_activation)
 
 
 def _jax_rnn(state_dict: Mapping[str, Any], path: Path, merge_biases: bool) -> None:
@@ -90,11 +95,12 @@ OUTPUT_FORMATS: dict[str, OutputFormat] = {
         OutputFormat("flax-nnx-optimized", ".msgpack",
                      "Flax NNX OptimizedLSTMCell parameters (pure dict)", _flax("nnx-optimized")),
         OutputFormat("keras", ".keras", "Keras 3 model: Input, then LSTM or Bidirectional(LSTM)",
-                     _keras),
+                     _keras, _keras),
         OutputFormat("equinox", ".eqx", "Equinox LSTMCell leaves (eqx.tree_serialise_leaves)",
                      _equinox),
         OutputFormat("jax-rnn", ".npz", "jax.experimental.rnn flat weights and sizes", _jax_rnn),
-        OutputFormat("onnx", ".onnx", "ONNX model of LSTM nodes (inputs input, h0, c0)", _onnx),
+        OutputFormat("onnx", ".onnx", "ONNX model of LSTM nodes (inputs input, h0, c0)", _onnx,
+                     _onnx),
     )
 }
 
@@ -129,6 +135,7 @@ def write(
     *,
     merge_biases: bool = False,
     force: bool = False,
+    gate_activation: Any = "sigmoid",
 ) -> Path:
     """Save torch-named weights as ``fmt`` (default: from ``path``'s suffix), atomically.
 
@@ -141,9 +148,21 @@ def write(
     - ``merge_biases``: for one-bias formats, store ``bias_ih + bias_hh`` (see
       :func:`jaxlstm.formats._common.one_bias`).
     - ``force``: replace an existing file.
+    - ``gate_activation``: the LSTM's gates, ``"sigmoid"`` or a ``HardSigmoid``. Only
+      ``onnx`` (any ``HardSigmoid``) and ``keras`` (Keras 3's, ``HardSigmoid(1/6, 0.5)``) can
+      hold hard-sigmoid gates; every other format raises, as it would compute sigmoid gates.
     """
     if not isinstance(fmt, OutputFormat):
         fmt = format_for(path, fmt)
-    writer = fmt.write
-    return atomic_write(path, lambda temporary: writer(state_dict, temporary, merge_biases),
-                        force=force)
+    if gate_activation == "sigmoid":
+        def writer(temporary: Path) -> None:
+            fmt.write(state_dict, temporary, merge_biases)
+    elif fmt.write_gates is None:
+        raise ValueError(
+            f"this LSTM's gates are {gate_activation}, and the {fmt.name} format holds torch's "
+            "sigmoid gates only (its weights would compute something else); write onnx (any "
+            "hard sigmoid) or keras (Keras 3's, alpha 1/6)")
+    else:
+        def writer(temporary: Path) -> None:
+            fmt.write_gates(state_dict, temporary, merge_biases, gate_activation)
+    return atomic_write(path, writer, force=force)

@@ -8,7 +8,10 @@ layer's weights, then the backward layer's.
 Keras keeps one bias: importing puts it in ``bias_ih`` with zeros in ``bias_hh``; exporting
 torch's two biases needs ``merge_biases=True`` unless one of them is zero. Keras has no
 projection and a Keras ``LSTM`` is one layer, so ``proj_size`` and ``num_layers > 1`` raise.
-Only the default activations (tanh, sigmoid gates) are accepted. ``dropout`` and
+Layers are imported with the default activations (tanh, sigmoid gates) only: a list of weights
+cannot carry a gate activation, so a ``hard_sigmoid`` layer ports from its saved file
+(:mod:`jaxlstm.formats.keras_h5`, ``jaxlstm.from_checkpoint``); export writes Keras 3's
+``hard_sigmoid`` too (``gate_activation``). ``dropout`` and
 ``recurrent_dropout`` act in training only and are not carried over.
 
 Importing this module sets ``KERAS_BACKEND=jax`` unless a backend is already chosen (Keras
@@ -76,7 +79,9 @@ def _check_layer(keras: Any, layer: Any, *, backwards: bool) -> None:
             or layer.recurrent_activation is not keras.activations.sigmoid):
         raise ValueError(
             f"Keras layer {layer.name!r} uses activation/recurrent_activation other than "
-            "tanh/sigmoid; torch's LSTM (and jaxlstm) computes tanh and sigmoid gates"
+            "tanh/sigmoid, which torch-named weights cannot carry; for recurrent_activation="
+            "'hard_sigmoid', save the model (model.save('m.keras')) and port it with "
+            "jaxlstm.from_checkpoint('m.keras'), which keeps the gates"
         )
     if layer.go_backwards != backwards:
         raise ValueError(
@@ -126,6 +131,7 @@ def to_keras_lstm(
     merge_biases: bool = False,
     return_sequences: bool = True,
     return_state: bool = True,
+    gate_activation: Any = "sigmoid",
 ) -> Any:
     """A built Keras ``LSTM`` (``Bidirectional(LSTM)`` if bidirectional) holding the weights.
 
@@ -134,6 +140,9 @@ def to_keras_lstm(
     - ``state_dict``: a 1-layer ``nn.LSTM`` without projection (or an ``nn.LSTMCell``).
     - ``merge_biases``: store ``bias_ih + bias_hh`` as Keras' one bias.
     - ``return_sequences``, ``return_state``: passed to ``keras.layers.LSTM``.
+    - ``gate_activation``: ``"sigmoid"``, or Keras 3's ``HardSigmoid(1/6, 0.5)`` (within
+      float32 rounding), written as ``recurrent_activation="hard_sigmoid"``. Any other
+      ``HardSigmoid`` raises: Keras 3's ``hard_sigmoid`` is not Keras 2's ``0.2 x + 0.5``.
 
     The layer's dtype is the weights' dtype. Call it batch-major: ``(N, L, I)``.
     """
@@ -153,12 +162,29 @@ def to_keras_lstm(
     layer = keras.layers.LSTM(
         config.hidden_size, use_bias=config.bias, return_sequences=return_sequences,
         return_state=return_state, dtype=str(dtype),
+        recurrent_activation=_keras_gate_name(gate_activation),
     )
     if len(layers[0]) == 2:
         layer = keras.layers.Bidirectional(layer, merge_mode="concat", dtype=str(dtype))
     layer.build((None, None, config.input_size))
     layer.set_weights(weights)
     return layer
+
+
+def _keras_gate_name(gate_activation: Any) -> str:
+    """Keras 3's ``recurrent_activation`` for ``gate_activation``, or an error naming why
+    Keras 3 has none."""
+    from jaxlstm.gates import KERAS3
+
+    if gate_activation == "sigmoid":
+        return "sigmoid"
+    if (abs(gate_activation.alpha - KERAS3.alpha) <= 1e-7
+            and abs(gate_activation.beta - KERAS3.beta) <= 1e-7):
+        return "hard_sigmoid"
+    raise ValueError(
+        f"this LSTM's gates are {gate_activation}, but Keras 3's recurrent_activation="
+        f"'hard_sigmoid' is {KERAS3} (Keras 3's hard_sigmoid is not Keras 2's 0.2 x + 0.5), "
+        "and Keras 3 has no other; write ONNX instead, which holds any HardSigmoid")
 
 
 def keras_lstm_to_jaxlstm(source: Any, **kwargs: Any) -> LSTM:
@@ -175,14 +201,17 @@ def keras_lstm_to_jaxlstm(source: Any, **kwargs: Any) -> LSTM:
 
 
 def write_keras(
-    state_dict: Mapping[str, Any], path: str | os.PathLike[str], *, merge_biases: bool = False
+    state_dict: Mapping[str, Any], path: str | os.PathLike[str], *, merge_biases: bool = False,
+    gate_activation: Any = "sigmoid",
 ) -> None:
     """Save a ``.keras`` model: ``Input((None, I))`` then the LSTM (``return_sequences=True``).
 
     Load it with ``keras.saving.load_model(path)``; the LSTM is ``model.layers[0]``.
+    ``gate_activation`` as in :func:`to_keras_lstm`.
     """
     keras = _keras()
-    layer = to_keras_lstm(state_dict, merge_biases=merge_biases, return_state=False)
+    layer = to_keras_lstm(state_dict, merge_biases=merge_biases, return_state=False,
+                          gate_activation=gate_activation)
     input_size = int(np.shape(layer.get_weights()[0])[0])
     model = keras.Sequential([keras.Input((None, input_size), dtype=layer.dtype), layer])
     model.save(os.fspath(path))

@@ -23,11 +23,13 @@ Weights, per direction (torch gates i, f, g, o = Keras i, f, c, o):
   b_o``, stacked in the order i, f, c, o.
 
 Each LSTM's prefix is its layer name (``lstm_1.``, ``bi-lstm.``; nested models
-``model_1.lstm_1.``); a ``Bidirectional`` is one bidirectional torch LSTM. What torch cannot
-compute — a gate activation other than sigmoid (Keras <= 2.2 defaults to ``hard_sigmoid``), a
-cell activation other than tanh, ``go_backwards=True``, a merge mode other than ``concat`` — is
-read but recorded as a problem: porting such an LSTM raises, naming the layer and the
-activation. What is known of each LSTM besides its weights is returned as an :data:`Info`.
+``model_1.lstm_1.``); a ``Bidirectional`` is one bidirectional torch LSTM. A ``hard_sigmoid``
+gate (the default of Keras <= 2.2) ports as the ``gate_activation`` of the Keras that wrote the
+file (``keras_version``): ``HardSigmoid(0.2, 0.5)`` up to Keras 2 / tf.keras, ``HardSigmoid(1/6,
+0.5)`` in Keras 3. What jaxlstm cannot compute — another gate activation, a cell activation
+other than tanh, ``go_backwards=True``, a merge mode other than ``concat`` — is read but
+recorded as a problem: porting such an LSTM raises, naming the layer and the activation. What is
+known of each LSTM besides its weights is returned as an :data:`Info`.
 """
 
 from __future__ import annotations
@@ -41,13 +43,15 @@ from typing import Any
 import numpy as np
 
 from jaxlstm.formats._common import split_bias
+from jaxlstm.gates import KERAS2, KERAS3
 from jaxlstm.readers import hdf5
 from jaxlstm.readers.guard import CheckpointError, name, open_zip, read_member
 
 Info = dict[str, Any]
 """``{"source": "keras", "layer", "class", "activation", "recurrent_activation",
 "recorded" (whether the file states the activations or they are the version's defaults),
-"keras_version", "batch_first", "problem" (why it cannot be ported, or absent)}``.
+"keras_version", "batch_first", "gate_activation" (a ``HardSigmoid``, only for a hard_sigmoid
+layer), "problem" (why it cannot be ported, or absent)}``.
 ``keras_version`` tells which ``hard_sigmoid`` a layer means: ``clip(0.2 x + 0.5, 0, 1)`` up to
 Keras 2 / tf.keras, ``clip(x / 6 + 0.5, 0, 1)`` in Keras 3."""
 LSTM_CLASSES = ("LSTM", "CuDNNLSTM", "LSTMV1", "LSTMV2", "UnifiedLSTM")
@@ -231,18 +235,20 @@ class _Reader:
                 f"{self.version} (TF 1 or TF 2) defaulted to hard_sigmoid or sigmoid; save the "
                 "whole model (model.save) so its config is kept, or, if you know it is sigmoid, "
                 "port the weights with jaxlstm.formats.keras.from_keras_lstm(weights)")
-        elif gate != "sigmoid" or cell != "tanh":
+        elif gate not in ("sigmoid", "hard_sigmoid") or cell != "tanh":
             info["problem"] = (
                 f"{where} uses recurrent_activation={gate!r}, activation={cell!r}"
                 f"{' (the default of Keras ' + self.version + ')' if not recorded else ''}; "
-                "jaxlstm computes torch's sigmoid gates and tanh, so porting it would change "
-                "its outputs")
+                "jaxlstm computes sigmoid or hard_sigmoid gates and tanh, so porting it would "
+                "change its outputs")
         elif merge_mode not in (None, "concat"):
             info["problem"] = (f"{where} is a Bidirectional with merge_mode={merge_mode!r}; "
                                "torch's bidirectional LSTM concatenates (merge_mode='concat')")
         elif config.get("go_backwards"):
             info["problem"] = (f"{where} has go_backwards=True (it reads the sequence "
                                "backwards); a torch LSTM reads forwards")
+        elif gate == "hard_sigmoid":  # which one: the Keras that wrote the file tells
+            info["gate_activation"] = KERAS3 if keras3 else KERAS2
         return info
 
     def cell(self, arrays: list[np.ndarray], layer: str, names: Sequence[str]) -> dict:

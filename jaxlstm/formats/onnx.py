@@ -4,8 +4,10 @@ An ONNX ``LSTM`` node is one layer: ``W (D, 4H, I)``, ``R (D, 4H, H)``, ``B (D, 
 ``[Wb || Rb]``, gates in the order **i, o, f, c** (torch: i, f, g, o), ``D = 2`` for
 ``direction="bidirectional"``. A stacked torch LSTM is a chain of such nodes, each reading the
 previous one's output: :func:`read_onnx` follows the chains and returns each as one ``nn.LSTM``
-state dict. What torch's LSTM cannot express (peepholes ``P``, ``clip``, ``input_forget``,
-other ``activations``, a lone ``reverse`` direction) raises, naming the attribute. Nodes
+state dict. ``activations=[HardSigmoid, Tanh, Tanh]`` (with ``activation_alpha``/``_beta``)
+is recorded as the LSTM's ``gate_activation``; what jaxlstm cannot express (peepholes ``P``,
+``clip``, ``input_forget``, other ``activations``, a lone ``reverse`` direction) raises, naming
+the attribute. Nodes
 inside ``If``/``Loop``/``Scan`` bodies are read too; ``layout=1`` (batch-major input) is
 recorded so that the port gets ``batch_first=True``; ONNX Runtime's ``com.microsoft``
 ``DynamicQuantizeLSTM`` is read by dequantizing its int8/uint8 weights. The port then computes
@@ -30,6 +32,7 @@ import numpy as np
 
 from jaxlstm.config import LSTMCellConfig, param_suffix
 from jaxlstm.formats._common import directions
+from jaxlstm.gates import HardSigmoid
 
 FMT = "ONNX"
 _TORCH_FROM_ONNX = (0, 2, 3, 1)  # torch i, f, g, o are ONNX blocks i=0, f=2, c=3, o=1
@@ -75,14 +78,34 @@ def _check_node(node: Any, attributes: Mapping[str, Any], inputs: list[str]) -> 
     if attributes.get("input_forget", 0):
         raise ValueError(f"{where} sets attribute 'input_forget=1' (coupled input and forget "
                          "gates), which torch's LSTM does not have")
-    activations = [a.lower() for a in attributes.get("activations", [])]
-    count = 2 if attributes.get("direction", "forward") == "bidirectional" else 1
-    if activations and activations != list(_DEFAULT_ACTIVATIONS) * count:
-        raise ValueError(f"{where} sets attribute 'activations'={attributes['activations']}; "
-                         "torch's LSTM uses Sigmoid, Tanh, Tanh")
     if attributes.get("direction", "forward") == "reverse":
         raise ValueError(f"{where} has attribute 'direction'='reverse' (a reverse-only LSTM); "
                          "torch's LSTM is forward or bidirectional")
+
+
+def gate_activation(node: Any, attributes: Mapping[str, Any]) -> Any:
+    """The node's gate activation: ``"sigmoid"`` (ONNX's default, torch's) or a
+    :class:`~jaxlstm.gates.HardSigmoid` for ``activations`` =
+    ``[HardSigmoid, Tanh, Tanh]`` per direction. ``activation_alpha``/``activation_beta`` are
+    consumed in the order of the activations that take them (ONNX Runtime's reading; here
+    HardSigmoid's, one per direction), ONNX's defaults 0.2 and 0.5 where absent; both
+    directions must agree. Anything else raises, naming the attribute."""
+    where = f"ONNX {node.op_type} node {node.name!r}"
+    activations = [a.lower() for a in attributes.get("activations", [])]
+    count = 2 if attributes.get("direction", "forward") == "bidirectional" else 1
+    if not activations or activations == list(_DEFAULT_ACTIVATIONS) * count:
+        return "sigmoid"
+    if activations != ["hardsigmoid", "tanh", "tanh"] * count:
+        raise ValueError(f"{where} sets attribute 'activations'={attributes['activations']}; "
+                         "jaxlstm computes Sigmoid or HardSigmoid gates with Tanh, Tanh")
+    alphas = list(attributes.get("activation_alpha", []))
+    betas = list(attributes.get("activation_beta", []))
+    gates = {HardSigmoid(alphas[d] if d < len(alphas) else 0.2,
+                         betas[d] if d < len(betas) else 0.5) for d in range(count)}
+    if len(gates) > 1:
+        raise ValueError(f"{where}: its directions' HardSigmoid differ ({alphas}, {betas}); "
+                         "jaxlstm's LSTM has one gate activation for both")
+    return gates.pop()
 
 
 def _constants(graph: Any, path: Path) -> dict[str, np.ndarray]:
@@ -185,6 +208,13 @@ def _read_graph(graph: Any, path: Path, outer: Mapping[str, np.ndarray], scope: 
             prefix = f"{base}_{number}"
         first = _attributes(nodes[chain[0]])
         info[prefix + "."] = {"source": "onnx", "batch_first": first.get("layout", 0) == 1}
+        gates = {gate_activation(nodes[i], _attributes(nodes[i])) for i in chain}
+        if len(gates) > 1:
+            raise ValueError(f"ONNX LSTM nodes from {nodes[chain[0]].name!r} on: the layers' "
+                             f"gate activations differ ({', '.join(map(str, gates))}); "
+                             "a jaxlstm LSTM has one for all its layers")
+        if gates != {"sigmoid"}:
+            info[prefix + "."]["gate_activation"] = gates.pop()
         for layer, index in enumerate(chain):
             weights, dequantized = _node_weights(nodes[index], constants, layer)
             if dequantized:
@@ -282,7 +312,8 @@ def _check_shapes(where: str, attributes: Mapping[str, Any], weight: np.ndarray,
 
 
 def to_onnx(
-    state_dict: Mapping[str, Any], *, batch_first: bool = False, opset: int = 14
+    state_dict: Mapping[str, Any], *, batch_first: bool = False, opset: int = 14,
+    gate_activation: Any = "sigmoid",
 ) -> Any:
     """An ONNX ``ModelProto`` that computes the LSTM of torch-named ``state_dict``.
 
@@ -292,6 +323,9 @@ def to_onnx(
     - ``batch_first``: the model's ``input``/``output`` are ``(N, L, *)`` instead of
       ``(L, N, *)`` (``h0``/``h_n``/``c0``/``c_n`` never are).
     - ``opset``: the ONNX opset (LSTM is opset 7+, ``layout`` 14+).
+    - ``gate_activation``: ``"sigmoid"`` or a ``HardSigmoid``, written into each ``LSTM`` node
+      as ``activations=[HardSigmoid, Tanh, Tanh]`` (per direction) with its
+      ``activation_alpha``/``activation_beta`` (stored as float32, as ONNX attributes are).
 
     Inputs ``input``, ``h0``, ``c0`` (all three required: feed zeros for torch's default
     state); outputs ``output``, ``h_n``, ``c_n``, shaped
@@ -310,6 +344,12 @@ def to_onnx(
         raise ValueError(f"ONNX export needs float32, float64 or float16 weights, got {dtype}")
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     count = config.num_directions
+    activations = {}
+    if gate_activation != "sigmoid":
+        gate = HardSigmoid(gate_activation.alpha, gate_activation.beta)
+        activations = {"activations": ["HardSigmoid", "Tanh", "Tanh"] * count,
+                       "activation_alpha": [gate.alpha] * count,
+                       "activation_beta": [gate.beta] * count}
     nodes, initializers = [], []
 
     def constant(name: str, value: np.ndarray) -> str:
@@ -343,7 +383,7 @@ def to_onnx(
         y, y_h, y_c = f"Y_l{layer}", f"Yh_l{layer}", f"Yc_l{layer}"
         nodes.append(helper.make_node(
             "LSTM", inputs, [y, y_h, y_c], name=f"lstm_l{layer}", hidden_size=hidden,
-            direction="bidirectional" if count == 2 else "forward",
+            direction="bidirectional" if count == 2 else "forward", **activations,
         ))
         # Y (L, D, N, H) -> (L, N, D*H), torch's layer output.
         nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
@@ -378,6 +418,7 @@ def to_onnx(
 
 
 def write_onnx(state_dict: Mapping[str, Any], path: str | os.PathLike[str],
-               *, batch_first: bool = False) -> None:
+               *, batch_first: bool = False, gate_activation: Any = "sigmoid") -> None:
     """Save :func:`to_onnx` of ``state_dict`` to ``path``."""
-    Path(path).write_bytes(to_onnx(state_dict, batch_first=batch_first).SerializeToString())
+    model = to_onnx(state_dict, batch_first=batch_first, gate_activation=gate_activation)
+    Path(path).write_bytes(model.SerializeToString())

@@ -29,7 +29,7 @@ from jaxlstm.functional.carriers import (
     StackInputs,
     State,
 )
-from jaxlstm.functional.cells import LSTM_CELL, Cell
+from jaxlstm.functional.cells import LSTM_CELL, Cell, lstm_cell_for
 from jaxlstm.functional.cells.base import step
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.dropout import apply_dropout, dropout_keep
@@ -235,7 +235,8 @@ def lstm(
         c0 = jnp.zeros((layers, batch, config.hidden_size), dtype)
     output, (h_n, c_n) = time_major(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
-        config=config, cell=LSTM_CELL, deterministic=bool(deterministic), dtype=dtype,
+        config=config, cell=lstm_cell_for(config.gate_activation),
+        deterministic=bool(deterministic), dtype=dtype,
         padding_value=float(padding_value),
         schedule=resolve(schedule or shorthand, config, x.shape[0], precision),
     )
@@ -274,7 +275,8 @@ def lstm_cell(
     if h is None:
         h = c = jnp.zeros(x.shape[:-1] + (config.hidden_size,), dtype)
     x, h, c = (jnp.asarray(a).astype(dtype) for a in (x, h, c))
-    return cell_step(LSTM_CELL, params, x, h, c, bias=config.bias, precision=precision)
+    return cell_step(lstm_cell_for(config.gate_activation), params, x, h, c, bias=config.bias,
+                     precision=precision)
 
 
 def cell_step(cell: Cell, params: Mapping[str, Array], x: Array, h: Array, c: Array | None, *,
