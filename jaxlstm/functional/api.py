@@ -36,7 +36,7 @@ from jaxlstm.functional.dropout import apply_dropout, dropout_keep
 from jaxlstm.functional.indexing import batch_zeros
 from jaxlstm.functional.layer import run_layer
 from jaxlstm.functional.schedules import Layered, Strategy, from_arguments, resolve
-from jaxlstm.functional.sharding import explicit_sharding, whole
+from jaxlstm.functional.sharding import explicit_sharding, onto_mesh_of, whole
 from jaxlstm.functional.wavefront import run_stack
 
 
@@ -230,6 +230,7 @@ def lstm(
             "jax.random key, or deterministic=True for evaluation"
         )
     dtype = compute_dtype(params, x, dtype)
+    x, h0, c0 = onto_mesh_of((x, h0, c0), params)
     if h0 is None:
         batch = x.shape[1]
         layers = config.num_directions * config.num_layers
@@ -273,6 +274,7 @@ def lstm_cell(
     check_params(params, config.param_shapes(), what="LSTMCell")
     h, c = check_cell_inputs(config, x, hx)
     dtype = compute_dtype(params, x, dtype)
+    x, h, c = onto_mesh_of((x, h, c), params)
     if h is None:
         # Broadcast from ``x``, so that zeros carry its batch sharding (see batch_zeros).
         h = c = jnp.broadcast_to(jnp.zeros_like(x[..., :1], dtype=dtype),

@@ -10,6 +10,7 @@ the weight does: replicated for data parallelism, split along the gate rows when
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -74,3 +75,20 @@ def laid_out_as(value: Array, weight: Array) -> Array:
     axes; unchanged otherwise."""
     sharding = jax.typeof(weight).sharding
     return jax.sharding.reshard(value, sharding) if _explicit(sharding) else value
+
+
+def onto_mesh_of(tree, weights):
+    """``tree``'s arrays that lie on no mesh put, replicated, on the Explicit mesh that
+    ``weights`` lie on (if any): an unsharded input (say, a numpy evaluation batch) meeting
+    weights on a mesh, so that every row the loops write has the type of their buffers."""
+    meshes = [jax.typeof(w).sharding.mesh for w in jax.tree.leaves(weights)
+              if _explicit(jax.typeof(w).sharding)]
+    if not meshes:
+        return tree
+    everywhere = NamedSharding(meshes[0], P())
+
+    def place(a):
+        if a is None or _explicit(jax.typeof(a).sharding):
+            return a
+        return jax.sharding.reshard(jnp.asarray(a), everywhere)
+    return jax.tree.map(place, tree, is_leaf=lambda a: a is None)
