@@ -1,8 +1,9 @@
 """Data parallel training of the tagger: the batch sharded over all devices with ``jax.sharding``.
 
-The training step is ``tagger.py``'s, unchanged. A ``Mesh`` over every device has one axis,
-``'data'``; each batch array is placed with ``NamedSharding(mesh, P('data'))`` (split along the
-batch axis), parameters and optimizer state with ``NamedSharding(mesh, P())`` (replicated), and
+The training step is ``tagger.py``'s, unchanged. A mesh over every device (``jax.make_mesh``,
+Explicit axes) has one axis, ``'data'``; each batch array is placed with
+``NamedSharding(mesh, P('data'))`` (split along the batch axis), parameters and optimizer
+state with ``NamedSharding(mesh, P())`` (replicated), and
 ``jax.jit`` compiles the step for that layout: every device runs the LSTM on its slice and XLA
 all-reduces the gradients. The same code runs on one device, on 8 fake CPU devices and on real
 GPUs/TPUs. Before training, the script checks that the sharded loss and gradients equal those of
@@ -29,9 +30,10 @@ from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all of them)."""
+    """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all of them), made by
+    ``jax.make_mesh`` as current JAX documents it: its axes are Explicit."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), ("data",))
+    return jax.make_mesh((len(devices),), ("data",), devices=devices)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

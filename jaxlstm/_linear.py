@@ -23,6 +23,12 @@ linear_map_p = Primitive("jaxlstm_linear_map")
 linear_map_p.multiple_results = True
 
 
+def _aval(out: Any) -> jax.core.ShapedArray:
+    if isinstance(out, jax.ShapeDtypeStruct):
+        return jax.core.ShapedArray(out.shape, out.dtype)
+    return jax.typeof(out).update(weak_type=False)
+
+
 def linear_map(fun: Callable, transpose: Callable, residuals: Any, operands: Any, out: Any):
     """``fun(residuals, operands)``, linear in ``operands``, transposed by ``transpose``.
 
@@ -47,7 +53,8 @@ def linear_map(fun: Callable, transpose: Callable, residuals: Any, operands: Any
         cts = jax.tree.unflatten(out_tree, args[len(res_flat):])
         return jax.tree.leaves(transpose(res, cts))
 
-    avals = tuple(jax.core.ShapedArray(o.shape, o.dtype) for o in out_flat)
+    # The outputs' full types, sharding included (under Explicit axes, a batch-split output).
+    avals = tuple(_aval(o) for o in out_flat)
     result = linear_map_p.bind(*res_flat, *lin_flat, fun=flat_fun, transpose=flat_transpose,
                                num_res=len(res_flat), out_avals=avals)
     return jax.tree.unflatten(out_tree, result)
@@ -62,9 +69,10 @@ def _abstract_eval(*args, out_avals, **params):
     return out_avals
 
 
-def _zeros_if_symbolic(values, avals):
-    return [jnp.zeros(a.shape, a.dtype) if type(v) is ad.Zero else v
-            for v, a in zip(values, avals)]
+def _zeros_if_symbolic(values):
+    # Zeros of the symbolic zero's own type: its sharding and, under ``shard_map``, the mesh
+    # axes it varies over.
+    return [ad.instantiate_zeros(v) for v in values]
 
 
 def _tangent_of(value, tangent):
@@ -73,7 +81,7 @@ def _tangent_of(value, tangent):
     aval = jax.typeof(value)
     if not jnp.issubdtype(aval.dtype, jnp.inexact):
         return np.zeros(aval.shape, jax.dtypes.float0)
-    return jnp.zeros(aval.shape, aval.dtype) if type(tangent) is ad.Zero else tangent
+    return ad.instantiate_zeros(tangent)
 
 
 def _jvp(primals, tangents, *, fun, transpose, num_res, out_avals):
@@ -82,7 +90,7 @@ def _jvp(primals, tangents, *, fun, transpose, num_res, out_avals):
     res_dot, lin_dot = tangents[:num_res], tangents[num_res:]
     out = linear_map_p.bind(*primals, **params)
     # Linear in the operands: their tangents go through the same map (and keep its transpose).
-    lin_dot = _zeros_if_symbolic(lin_dot, [jax.typeof(v) for v in lin])
+    lin_dot = _zeros_if_symbolic(lin_dot)
     out_dot = linear_map_p.bind(*res, *lin_dot, **params)
     if any(type(t) is not ad.Zero for t in res_dot):
         # The map's dependence on its residuals (second order): JAX's own derivative of ``fun``.
@@ -96,10 +104,18 @@ def _transpose(cts, *args, fun, transpose, num_res, out_avals):
     del fun
     res, lin = args[:num_res], args[num_res:]
     assert not any(ad.is_undefined_primal(r) for r in res)
-    cts = _zeros_if_symbolic(cts, out_avals)
+    cts = _zeros_if_symbolic(cts)
     lin_cts = transpose(*res, *cts)
-    return [None] * num_res + [ct if ad.is_undefined_primal(x) else None
+    return [None] * num_res + [_invariant_like(ct, x.aval) if ad.is_undefined_primal(x) else None
                                for ct, x in zip(lin_cts, lin)]
+
+
+def _invariant_like(ct, aval):
+    """``ct`` summed over the ``shard_map`` axes it varies over and its operand does not (a
+    weight gradient over a batch split over devices), as JAX's own transpose of ``pvary``."""
+    extra = tuple(sorted(jax.typeof(ct).manual_axis_type.varying
+                         - aval.manual_axis_type.varying))
+    return jax.lax.psum(ct, extra) if extra else ct
 
 
 def _batch(args, dims, *, fun, transpose, num_res, out_avals):

@@ -109,7 +109,7 @@ RUNS = [(page, blocks) for page in PAGES for blocks in block_runs(page)]
 def test_the_guides_are_among_the_pages_run():
     names = {str(page.relative_to(ROOT)) for page, _ in RUNS}
     guides = {"README.md", "docs/index.md", "docs/porting.md", "docs/training.md",
-              "docs/variable-length.md", "docs/parity.md"}
+              "docs/variable-length.md", "docs/parity.md", "docs/distributed.md"}
     assert guides <= names, guides - names
 
 

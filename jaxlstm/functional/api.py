@@ -33,8 +33,10 @@ from jaxlstm.functional.cells import LSTM_CELL, Cell, lstm_cell_for
 from jaxlstm.functional.cells.base import step
 from jaxlstm.functional.chunks import DEFAULT_CHUNK_ROWS
 from jaxlstm.functional.dropout import apply_dropout, dropout_keep
+from jaxlstm.functional.indexing import batch_zeros
 from jaxlstm.functional.layer import run_layer
 from jaxlstm.functional.schedules import Layered, Strategy, from_arguments, resolve
+from jaxlstm.functional.sharding import explicit_sharding, onto_mesh_of, whole
 from jaxlstm.functional.wavefront import run_stack
 
 
@@ -132,7 +134,7 @@ def _wavefront_time_major(params, x, h0, c0, valid, dropout_rng, *, config, cell
         # The masks apply_dropout draws for the same keys and shapes, so both schedules agree.
         shape = (x.shape[0], x.shape[1], config.output_size)
         keep = jnp.stack([
-            dropout_keep(config.dropout, jax.random.fold_in(dropout_rng, layer), shape)
+            dropout_keep(config.dropout, jax.random.fold_in(dropout_rng, layer), shape, x)
             for layer in range(config.num_layers - 1)
         ])
     output, state = run_stack(StackInputs(x, weights, h0, c0), valid, keep, cell, schedule,
@@ -228,11 +230,12 @@ def lstm(
             "jax.random key, or deterministic=True for evaluation"
         )
     dtype = compute_dtype(params, x, dtype)
+    x, h0, c0 = onto_mesh_of((x, h0, c0), params)
     if h0 is None:
         batch = x.shape[1]
         layers = config.num_directions * config.num_layers
-        h0 = jnp.zeros((layers, batch, config.output_size), dtype)
-        c0 = jnp.zeros((layers, batch, config.hidden_size), dtype)
+        h0 = batch_zeros(x, (layers, batch, config.output_size), dtype)
+        c0 = batch_zeros(x, (layers, batch, config.hidden_size), dtype)
     output, (h_n, c_n) = time_major(
         dict(params), x, h0, c0, seq_lengths, dropout_rng,
         config=config, cell=lstm_cell_for(config.gate_activation),
@@ -272,8 +275,11 @@ def lstm_cell(
     check_params(params, config.param_shapes(), what="LSTMCell")
     h, c = check_cell_inputs(config, x, hx)
     dtype = compute_dtype(params, x, dtype)
+    x, h, c = onto_mesh_of((x, h, c), params)
     if h is None:
-        h = c = jnp.zeros(x.shape[:-1] + (config.hidden_size,), dtype)
+        # Broadcast from ``x``, so that zeros carry its batch sharding (see batch_zeros).
+        h = c = jnp.broadcast_to(jnp.zeros_like(x[..., :1], dtype=dtype),
+                                 x.shape[:-1] + (config.hidden_size,))
     x, h, c = (jnp.asarray(a).astype(dtype) for a in (x, h, c))
     return cell_step(lstm_cell_for(config.gate_activation), params, x, h, c, bias=config.bias,
                      precision=precision)
@@ -284,10 +290,12 @@ def cell_step(cell: Cell, params: Mapping[str, Array], x: Array, h: Array, c: Ar
     """One step of ``cell`` with torch's ``*Cell`` parameters (``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``), all in ``x``'s dtype: ``(h', c')``."""
     dtype = x.dtype
-    gx = jnp.matmul(x, params["weight_ih"].astype(dtype).T, precision=precision)
-    gh = jnp.matmul(h, params["weight_hh"].astype(dtype).T, precision=precision)
+    # Rows stay split as x is (along the batch), whatever the weights' split (see sharding).
+    gx, gh = (jnp.einsum("...i,gi->...g", a, params[w].astype(dtype), precision=precision,
+                         out_sharding=explicit_sharding(x))
+              for a, w in ((x, "weight_ih"), (h, "weight_hh")))
     if bias:
-        bias, bias_hh = cell.biases(params["bias_ih"], params["bias_hh"])
+        bias, bias_hh = cell.biases(whole(params["bias_ih"]), whole(params["bias_hh"]))
         gx = gx + bias.astype(dtype)
         if bias_hh is not None:
             gh = gh + bias_hh.astype(dtype)

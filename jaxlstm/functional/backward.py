@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxlstm.functional.carriers import LayerWeights, Saved, State
 from jaxlstm.functional.cells import Cell
 from jaxlstm.functional.indexing import keep_at, masked, read_columns, read_rows, write_rows
+from jaxlstm.functional.sharding import explicit_sharding, laid_out_as, like_weight
 
 
 def backward_step(cell: Cell, record, h_p, c_p, keep, state, d_out, w_hh, w_hr_t, precision):
@@ -31,7 +32,8 @@ def backward_step(cell: Cell, record, h_p, c_p, keep, state, d_out, w_hh, w_hr_t
     # state, and 0 * inf would turn torch's inf gradients into NaN.
     d_gx = masked(d_gx, keep)
     d_gh = masked(d_gh, keep) if cell.recurrent_bias_inside else d_gx
-    dh_prev = jnp.einsum("dng,dgp->dnp", d_gh, w_hh, precision=precision)
+    dh_prev = jnp.einsum("dng,dgp->dnp", d_gh, w_hh, precision=precision,
+                         out_sharding=explicit_sharding(d_gh))
     if dh_direct is not None:
         dh_prev = dh_prev + dh_direct
     if keep is not None:
@@ -104,26 +106,32 @@ def layer_grads(cell: Cell, parts, weights: LayerWeights, saved: Saved, valid, d
         cell, saved, weights.w_hh, weights.w_hr_t, valid, d_y, *state, precision, offset
     )
     # Contracted as h^T dG and transposed after: XLA then lays out the narrower operand.
+    # Each a sum over the batch, laid out as its weight (``like_weight``).
     d_w_hh = jnp.stack([
-        jnp.einsum("tnp,tng->gp", hp, dg, precision=precision)
+        jnp.einsum("tnp,tng->gp", hp, dg, precision=precision,
+                   out_sharding=like_weight(weights.w_hh, hp, stacked=True))
         for dg, hp in zip(d_gh, saved.h_prev)
     ])
     d_w_hr_t = None
     if dh_cand:
         d_w_hr_t = jnp.stack([
-            jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision)
+            jnp.einsum("tnh,tnp->hp", r, dhc, precision=precision,
+                       out_sharding=like_weight(weights.w_hr_t, r, stacked=True))
             for r, dhc in zip(saved.r, dh_cand)
         ])
     d_w_ih = tuple(
-        jnp.einsum("tng,tni->gi", dg, part, precision=precision)
-        for dg, part in zip(d_gx, parts)
+        jnp.einsum("tng,tni->gi", dg, part, precision=precision,
+                   out_sharding=like_weight(w, part))
+        for dg, part, w in zip(d_gx, parts, weights.w_ih)
     )
 
     def bias_grad(bias, grads):
-        return None if bias is None else jnp.stack([jnp.sum(g, axis=(0, 1)) for g in grads])
+        return None if bias is None else laid_out_as(
+            jnp.stack([jnp.sum(g, axis=(0, 1)) for g in grads]), bias)
 
     d_parts = tuple(
-        jnp.einsum("tng,gi->tni", dg, w, precision=precision)
+        jnp.einsum("tng,gi->tni", dg, w, precision=precision,
+                   out_sharding=explicit_sharding(dg))
         for dg, w in zip(d_gx, weights.w_ih)
     )
     grads = LayerWeights(d_w_ih, d_w_hh, bias_grad(weights.bias, d_gx), d_w_hr_t,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxlstm.functional.carriers import Array, LayerInputs, Schedule
 from jaxlstm.functional.cells import Cell
-from jaxlstm.functional.indexing import at_time
+from jaxlstm.functional.indexing import at_time, batch_zeros
 from jaxlstm.functional.recurrence import inference_loop, project
 
 
@@ -46,7 +46,8 @@ def chunked_forward(cell: Cell, inputs: LayerInputs, valid, chunk: int, schedule
     x, weights, h0, c0 = inputs
     directions = len(weights.w_ih)
     chunks, valid_chunks = chunked(x, valid, chunk)
-    y = jnp.zeros((chunks.shape[0] * chunk, x.shape[1], directions * h0.shape[-1]), h0.dtype)
+    y = batch_zeros(x, (chunks.shape[0] * chunk, x.shape[1], directions * h0.shape[-1]),
+                    h0.dtype)
 
     def run_chunk(carry, k):
         state, y = carry

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm.functional.carriers import Array
+from jaxlstm.functional.sharding import explicit_sharding
 
 
 def drop(x: Array, keep: Array, rate: float) -> Array:
@@ -18,10 +19,12 @@ def drop(x: Array, keep: Array, rate: float) -> Array:
     return jnp.where(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
-def dropout_keep(rate: float, key: Array, shape) -> Array:
-    """Dropout's mask: True (kept) with probability ``1 - rate`` (never, at ``rate >= 1``)."""
-    return jax.random.bernoulli(key, 1.0 - rate, shape)
+def dropout_keep(rate: float, key: Array, shape, like: Array) -> Array:
+    """Dropout's mask: True (kept) with probability ``1 - rate`` (never, at ``rate >= 1``),
+    split over devices as ``like`` (the layer input, same rank) is under Explicit axes; the
+    bits drawn do not depend on the split."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape, out_sharding=explicit_sharding(like))
 
 
 def apply_dropout(x: Array, rate: float, key: Array) -> Array:
-    return drop(x, dropout_keep(rate, key, x.shape), rate)
+    return drop(x, dropout_keep(rate, key, x.shape, x), rate)

@@ -10,6 +10,23 @@ import jax.numpy as jnp
 from jaxlstm.functional.carriers import Array
 
 
+def batch_zeros(like: Array, shape: tuple[int, ...], dtype, *, axis: int = 1,
+                like_axis: int = 1) -> Array:
+    """Zeros of ``shape`` and ``dtype`` whose axis ``axis`` (the batch) is laid out as axis
+    ``like_axis`` of ``like``.
+
+    Every buffer a loop writes batch rows into is made here. Under JAX's Explicit sharding
+    (the default of ``jax.make_mesh``) ``jnp.zeros(shape)`` is replicated, and writing rows
+    sharded along the batch into it is a type error; zeros broadcast from a slice of ``like``
+    carry its batch sharding instead. Without a mesh, or under Auto axes, they are plain
+    zeros: XLA folds them to a constant, and nothing of ``like`` is read.
+    """
+    index = tuple(slice(None) if i == like_axis else 0 for i in range(like.ndim))
+    column = jnp.zeros_like(like[index], dtype=dtype)
+    others = [i for i in range(len(shape)) if i != axis]
+    return jnp.broadcast_to(jnp.expand_dims(column, others), shape)
+
+
 def at_time(direction: int, step: Array, steps: int) -> Array:
     """The time a direction works on at loop step ``step``: the forward direction goes
     ``0 .. T-1``, the reverse one ``T-1 .. 0``. Every buffer stays in natural time order, so

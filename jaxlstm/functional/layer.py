@@ -15,8 +15,9 @@ from jaxlstm.functional.backward import layer_grads
 from jaxlstm.functional.carriers import Array, LayerInputs, Residuals, Schedule, State
 from jaxlstm.functional.cells import Cell
 from jaxlstm.functional.chunks import chunk_parts, chunked, chunked_forward, inference_chunk
-from jaxlstm.functional.indexing import per_direction
+from jaxlstm.functional.indexing import batch_zeros, per_direction
 from jaxlstm.functional.recurrence import inference_loop, project, training_loop
+from jaxlstm.functional.sharding import explicit_sharding, varying_like, whole
 from jaxlstm.functional.tangent import tangent_loop
 
 
@@ -47,7 +48,7 @@ def run_layer(inputs: LayerInputs, valid: Array | None, cell: Cell,
     if chunk < x.shape[0]:
         y, state, _ = chunked_forward(cell, inputs, valid, chunk, schedule)
         return y, state
-    y = jnp.zeros((*x.shape[:2], len(weights.w_ih) * h0.shape[-1]), h0.dtype)
+    y = batch_zeros(x, (*x.shape[:2], len(weights.w_ih) * h0.shape[-1]), h0.dtype)
     return inference_loop(cell, project(x, weights.w_ih, schedule.precision), weights, (h0, c0),
                            per_direction(valid, len(weights.w_ih)), y, 0, schedule)
 
@@ -88,19 +89,22 @@ def layer_tangent(cell: Cell, schedule: Schedule, residuals: Residuals, tangents
             drive[d] = drive[d] + project(x, dw.w_ih[d:d + 1], precision)[0]
         if dw.w_hh is not None:
             drive_gh[d] = drive_gh[d] + jnp.einsum("tnp,gp->tng", saved.h_prev[d], dw.w_hh[d],
+                                                   out_sharding=explicit_sharding(saved.h_prev[d]),
                                                    precision=precision)
         if dw.bias is not None:
-            drive[d] = drive[d] + dw.bias[d]
+            drive[d] = drive[d] + whole(dw.bias[d])
         if dw.bias_hh is not None:
-            drive_gh[d] = drive_gh[d] + dw.bias_hh[d]
+            drive_gh[d] = drive_gh[d] + whole(dw.bias_hh[d])
     drive_h = ()
     if dw.w_hr_t is not None:
         drive_h = tuple(jnp.einsum("tnh,hp->tnp", r, w, precision=precision)
                         for r, w in zip(saved.r, dw.w_hr_t))
     if dh0 is None:
-        dh0 = jnp.zeros((directions,) + saved.h_prev[0].shape[1:], saved.h_prev[0].dtype)
+        dh0 = batch_zeros(saved.h_prev[0], (directions,) + saved.h_prev[0].shape[1:],
+                          saved.h_prev[0].dtype)
     if dc0 is None and cell.memory:
-        dc0 = jnp.zeros((directions,) + saved.c_prev[0].shape[1:], saved.c_prev[0].dtype)
+        dc0 = batch_zeros(saved.c_prev[0], (directions,) + saved.c_prev[0].shape[1:],
+                          saved.c_prev[0].dtype)
     drive_gh = tuple(drive_gh) if cell.recurrent_bias_inside else ()
     return tangent_loop(cell, saved, tuple(drive), drive_gh, drive_h, weights, (dh0, dc0), valid,
                         schedule)
@@ -137,7 +141,7 @@ def layer_cotangent(cell: Cell, schedule: Schedule, residuals: Residuals,
                                             precision, k * chunk)
         return (state, jax.tree.map(jnp.add, totals, grads)), d_parts
 
-    zeros = jax.tree.map(jnp.zeros_like, weights)
+    zeros = varying_like(jax.tree.map(jnp.zeros_like, weights), x)
     ((dh, dc), grads), d_parts = jax.lax.scan(
         run_chunk, (state, zeros), (jnp.arange(chunks.shape[0]), starts), reverse=True
     )

@@ -11,13 +11,22 @@ import jax.numpy as jnp
 
 from jaxlstm.functional.carriers import Array, LayerWeights, Saved, Schedule, State
 from jaxlstm.functional.cells import Cell
-from jaxlstm.functional.indexing import keep_at, masked, read_rows, write_columns, write_rows
+from jaxlstm.functional.indexing import (
+    batch_zeros,
+    keep_at,
+    masked,
+    read_rows,
+    write_columns,
+    write_rows,
+)
+from jaxlstm.functional.sharding import explicit_sharding, whole
 
 
 def step_biases(weights: LayerWeights) -> tuple[Array | None, Array | None]:
     """``(bias, bias_hh)`` shaped (D, 1, GH) for :func:`cell_step`, made outside the loop:
     made inside it, they cost the forward pass 17 % on the large CPU benchmark shape."""
-    return tuple(None if b is None else b[:, None, :] for b in (weights.bias, weights.bias_hh))
+    return tuple(None if b is None else whole(b)[:, None, :]
+                 for b in (weights.bias, weights.bias_hh))
 
 
 def cell_step(cell: Cell, row, state, keep, w_hh_t, w_hr_t, biases, precision):
@@ -27,7 +36,8 @@ def cell_step(cell: Cell, row, state, keep, w_hh_t, w_hr_t, biases, precision):
     need (:meth:`Cell.activate`). ``biases``: :func:`step_biases`."""
     h, c = state
     bias, bias_hh = biases
-    gh = jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision)
+    gh = jnp.einsum("dnp,dpg->dng", h, w_hh_t, precision=precision,
+                    out_sharding=explicit_sharding(h))
     if bias_hh is not None:
         gh = gh + bias_hh
     gx = row if bias is None else row + bias
@@ -75,12 +85,12 @@ def training_loop(cell: Cell, gates_x, weights: LayerWeights, state: State, vali
     biases = step_biases(weights)
 
     def buffers(width):
-        return tuple(jnp.zeros((steps, batch, width), dtype) for _ in gates_x)
+        return tuple(batch_zeros(g, (steps, batch, width), dtype) for g in gates_x)
 
     record = (gates_x,) + tuple(buffers(w) for w in cell.record_widths(hidden)[1:])
     r_buf = buffers(hidden) if weights.w_hr_t is not None else ()
     saved = Saved(record, buffers(h0.shape[-1]), buffers(hidden) if cell.memory else (), r_buf)
-    y = jnp.zeros((steps, batch, len(gates_x) * h0.shape[-1]), dtype)
+    y = batch_zeros(gates_x[0], (steps, batch, len(gates_x) * h0.shape[-1]), dtype)
 
     def body(step, carry):
         state, y, saved = carry
@@ -113,5 +123,6 @@ def project(inputs, w_ih, precision: Any) -> tuple[Array, ...]:
     if not isinstance(inputs, tuple):
         inputs = (inputs,) * len(w_ih)
     return tuple(
-        jnp.einsum("tni,gi->tng", x, w, precision=precision) for x, w in zip(inputs, w_ih)
+        jnp.einsum("tni,gi->tng", x, w, precision=precision, out_sharding=explicit_sharding(x))
+        for x, w in zip(inputs, w_ih)
     )

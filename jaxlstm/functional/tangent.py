@@ -7,7 +7,8 @@ import jax.numpy as jnp
 
 from jaxlstm.functional.carriers import LayerWeights, Saved, Schedule, State
 from jaxlstm.functional.cells import Cell
-from jaxlstm.functional.indexing import keep_at, masked, read_rows, write_columns
+from jaxlstm.functional.indexing import batch_zeros, keep_at, masked, read_rows, write_columns
+from jaxlstm.functional.sharding import explicit_sharding
 
 
 def tangent_loop(cell: Cell, saved: Saved, drive, drive_gh, drive_h, weights: LayerWeights,
@@ -25,7 +26,8 @@ def tangent_loop(cell: Cell, saved: Saved, drive, drive_gh, drive_h, weights: La
     steps, batch = saved.h_prev[0].shape[:2]
     h0, _ = state
     w_hh_t = jnp.swapaxes(weights.w_hh, 1, 2)
-    dy = jnp.zeros((steps, batch, len(saved.h_prev) * h0.shape[-1]), h0.dtype)
+    dy = batch_zeros(saved.h_prev[0], (steps, batch, len(saved.h_prev) * h0.shape[-1]),
+                     h0.dtype)
 
     def body(step, carry):
         (dh, dc), dy = carry
@@ -34,7 +36,8 @@ def tangent_loop(cell: Cell, saved: Saved, drive, drive_gh, drive_h, weights: La
         def rows(buffers):
             return read_rows(buffers, step, steps) if buffers else None
 
-        d_gh = jnp.einsum("dnp,dpg->dng", dh, w_hh_t, precision=schedule.precision)
+        d_gh = jnp.einsum("dnp,dpg->dng", dh, w_hh_t, precision=schedule.precision,
+                          out_sharding=explicit_sharding(dh))
         if drive_gh:
             d_gh = d_gh + rows(drive_gh)
         dr, dc_new = cell.activate_jvp(tuple(rows(part) for part in saved.record),

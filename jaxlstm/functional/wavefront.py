@@ -26,6 +26,7 @@ from jaxlstm.functional.carriers import (
 from jaxlstm.functional.cells import Cell
 from jaxlstm.functional.dropout import drop
 from jaxlstm.functional.indexing import (
+    batch_zeros,
     flat_rows,
     masked,
     read_skewed,
@@ -36,6 +37,7 @@ from jaxlstm.functional.indexing import (
 )
 from jaxlstm.functional.layer import layer_tangent, prune, zeros_as_none
 from jaxlstm.functional.recurrence import cell_step, project, step_biases
+from jaxlstm.functional.sharding import explicit_sharding, laid_out_as, like_weight
 
 
 def stack_weights(weights: tuple[LayerWeights, ...]):
@@ -66,7 +68,7 @@ def wavefront_loop(cell: Cell, inputs: StackInputs, valid, keep, rate: float,
     drops = None if keep is None else skew(keep, steps, layers - 1, batch)
 
     def buffer(count, width):
-        return jnp.zeros((count, total, batch, width), dtype)
+        return batch_zeros(gates_x, (count, total, batch, width), dtype, axis=2)
 
     saved = None
     if record:
@@ -75,13 +77,14 @@ def wavefront_loop(cell: Cell, inputs: StackInputs, valid, keep, rate: float,
                            buffer(layers, out), buffer(layers, hidden) if cell.memory else None,
                            buffer(layers, hidden) if w_hr_t is not None else None,
                            buffer(layers - 1, out))
-    y = jnp.zeros((steps, batch, h0.shape[-1]), dtype)
-    below = jnp.zeros((layers - 1, batch, h0.shape[-1]), dtype)
+    y = batch_zeros(gates_x, (steps, batch, h0.shape[-1]), dtype)
+    below = batch_zeros(gates_x, (layers - 1, batch, h0.shape[-1]), dtype)
 
     def body(s, carry):
         state, below, y, saved = carry
         row0 = row_at(gates_x, jnp.minimum(s, steps - 1))
-        row_up = jnp.einsum("lnp,lpg->lng", below, w_up_t, precision=precision)
+        row_up = jnp.einsum("lnp,lpg->lng", below, w_up_t, precision=precision,
+                            out_sharding=explicit_sharding(below))
         keep_s = row_at(active, s)[:, :, None]
         h_new, new_state, r, rec = cell_step(cell, jnp.concatenate([row0[None], row_up]), state,
                                              keep_s, w_hh_t, w_hr_t, biases, precision)
@@ -138,7 +141,8 @@ def wavefront_backward(cell: Cell, residuals: StackResiduals, rate: float, d_y, 
         d_gx, d_gh, dh_cand, dh_prev, dc_prev = backward_step(
             cell, record, read_skewed(saved.h_prev, s), c_p, keep_s, (dh, dc),
             jnp.concatenate([d_below, top[None]]), stacked.w_hh, w_hr_t, precision)
-        d_below = jnp.einsum("lng,lgp->lnp", d_gx[1:], w_ih_up, precision=precision)
+        d_below = jnp.einsum("lng,lgp->lnp", d_gx[1:], w_ih_up, precision=precision,
+                             out_sharding=explicit_sharding(d_gx))
         gx_buf = write_skewed(gx_buf, d_gx, s)
         if gh_buf is not None:
             gh_buf = write_skewed(gh_buf, d_gh, s)
@@ -147,7 +151,8 @@ def wavefront_backward(cell: Cell, residuals: StackResiduals, rate: float, d_y, 
         # Read one step ahead, after the write (as in ``backward_loop``).
         return (dh_prev, dc_prev), d_below, ahead(gx_buf, s - 1), gx_buf, gh_buf, dh_buf
 
-    d_below = jnp.zeros((layers - 1,) + saved.h_prev.shape[2:], saved.h_prev.dtype)
+    d_below = batch_zeros(saved.h_prev, (layers - 1,) + saved.h_prev.shape[2:],
+                          saved.h_prev.dtype, like_axis=2)
     carry = ((d_h_last, d_c_last), d_below, ahead(saved.record[0], total - 1), saved.record[0],
              gh_buf, dh_buf)
     (dh0, dc0), _, _, d_gx, d_gh, dh_cand = jax.lax.fori_loop(0, total, body, carry)
@@ -155,24 +160,32 @@ def wavefront_backward(cell: Cell, residuals: StackResiduals, rate: float, d_y, 
 
     # One 2-D GEMM per layer and weight over all of that layer's rows (S x N): on the skewed
     # buffers, einsums over (s, n) or a batched one over the layers make XLA copy them first.
-    def gemm(a, b):
-        return jnp.einsum("ra,rb->ba", flat_rows(a), flat_rows(b), precision=precision)
+    def gemm(a, b, weight, stacked=False):
+        out = like_weight(weight, a, stacked=stacked)
+        if out is None:
+            return jnp.einsum("ra,rb->ba", flat_rows(a), flat_rows(b), precision=precision)
+        # Under Explicit axes rows split over devices do not flatten; summed where they lie.
+        return jnp.einsum("...a,...b->ba", a, b, precision=precision, out_sharding=out)
 
     def bias_grad(bias, grads):
-        return None if bias is None else jnp.sum(flat_rows(grads), axis=0)[None]
+        return None if bias is None else laid_out_as(jnp.sum(grads, axis=(0, 1))[None], bias)
 
     first = d_gx[0, :steps]
     grads = []
     for layer in range(layers):
         dg = d_gx[layer]
-        w_in = gemm(x, first) if layer == 0 else gemm(saved.inputs[layer - 1], dg)
+        w = weights[layer]
+        w_in = (gemm(x, first, w.w_ih[0]) if layer == 0
+                else gemm(saved.inputs[layer - 1], dg, w.w_ih[0]))
         grads.append(LayerWeights(
-            (w_in,), gemm(saved.h_prev[layer], d_gh[layer])[None],
+            (w_in,), gemm(saved.h_prev[layer], d_gh[layer], w.w_hh, True)[None],
             bias_grad(weights[0].bias, dg),
-            None if dh_cand is None else gemm(dh_cand[layer], saved.r[layer])[None],
+            None if dh_cand is None else gemm(dh_cand[layer], saved.r[layer], w.w_hr_t,
+                                              True)[None],
             bias_grad(weights[0].bias_hh, d_gh[layer]),
         ))
-    d_x = jnp.einsum("tng,gi->tni", first, w_ih0, precision=precision)
+    d_x = jnp.einsum("tng,gi->tni", first, w_ih0, precision=precision,
+                     out_sharding=explicit_sharding(first))
     return StackInputs(d_x, tuple(grads), dh0, dc0)
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxlstm._linear import linear_map
 from jaxlstm.functional.carriers import Array, State
+from jaxlstm.functional.sharding import struct_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +81,8 @@ class Cell(abc.ABC):
                      d_gh: Array, d_h: Array, d_c: Array | None) -> tuple[Array, Array | None]:
         """Tangents of ``(out, c')`` from those of ``(gx, gh, h, c)``: the transpose of
         :meth:`activate_vjp` (linear in its cotangents), so the derivative is written once."""
-        out = jax.ShapeDtypeStruct(record[0].shape[:-1] + (record[0].shape[-1] // self.gates,),
-                                   record[0].dtype)
-        memory = None if c is None else jax.ShapeDtypeStruct(c.shape, c.dtype)
+        out = struct_like(record[0], record[0].shape[:-1] + (record[0].shape[-1] // self.gates,))
+        memory = None if c is None else struct_like(c, c.shape)
         vjp = partial(self.activate_vjp, record, h, c)
         # Tangents only where the cotangents exist (no d_h for a cell whose h enters via gh).
         shapes = jax.eval_shape(vjp, out, memory)
