@@ -106,7 +106,7 @@ def compare(config: Any, weights: Mapping[str, Any], dtype: str, *, x: Any = Non
 
         actual = run(weights, x, hx)
         for key, value in expected.items():
-            errors[key] = _relative(actual[key], value)
+            errors[key] = relative_error(actual[key], value)
         if dtype == "float64":
             cotangent = rng.standard_normal(expected["output"].shape)
             primals = (weights, x, hx)
@@ -150,8 +150,20 @@ def report(config: Any, weights: Mapping[str, Any], dtypes: Sequence[str], **inp
     return "\n".join(lines), failures
 
 
-def _relative(actual: Any, expected: np.ndarray) -> float:
+def relative_error(actual: Any, expected: Any) -> float:
+    """``max|actual - expected| / max|expected|`` (the absolute error where ``expected`` is 0;
+    infinite for different shapes).
+
+    **Arguments:**
+
+    - ``actual``, ``expected``: arrays of the same shape.
+    """
     actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.size == 0:
+        return 0.0
     scale = np.max(np.abs(expected))
     diff = np.max(np.abs(actual - expected))
     return float(diff / scale) if scale > 0 else float(diff)

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlstm.arrays import to_numpy
+from jaxlstm.reference import relative_error
 
 try:
     import torch
@@ -65,25 +66,6 @@ def native_path():
 
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 """Relative tolerance per dtype."""
-
-
-def relative_error(actual: Any, expected: Any) -> float:
-    """``max|actual - expected| / max|expected|`` (the absolute error where ``expected`` is 0;
-    infinite for different shapes).
-
-    **Arguments:**
-
-    - ``actual``, ``expected``: arrays of the same shape.
-    """
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        return float("inf")
-    if actual.size == 0:
-        return 0.0
-    scale = np.max(np.abs(expected))
-    diff = np.max(np.abs(actual - expected))
-    return float(diff / scale) if scale > 0 else float(diff)
 
 
 @dataclasses.dataclass
